@@ -1,0 +1,169 @@
+"""`quanttune <step>`: every step headless, calling the same core job as its pane.
+
+With no arguments the launcher (desktop/launcher.py) opens the window instead; core itself
+never imports the desktop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from core.errors import Cancelled, QuantTuneError
+from core.jobs import JobContext, JobEvent, run_job
+
+EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 130
+
+
+def _stderr_sink(json_events: bool) -> Callable[[JobEvent], None]:
+    """Progress goes to stderr so that stdout holds only the result (the card, the report)."""
+
+    def sink(event: JobEvent) -> None:
+        if json_events:
+            print(json.dumps({"event": event.kind, **event.data}, default=str), file=sys.stderr)
+        elif event.kind == "progress" and event.data.get("message"):
+            done, total = event.data.get("done", 0), event.data.get("total", 0)
+            share = f" {100 * done / total:3.0f}%" if total else ""
+            print(f"\r{event.data['message']}{share}", end="", file=sys.stderr, flush=True)
+        elif event.kind == "token":
+            print(event.data["text"], end="", file=sys.stderr, flush=True)
+
+    return sink
+
+
+def _run(job: Callable[..., Any], params: Any, args: argparse.Namespace) -> Any:
+    ctx = JobContext(_stderr_sink(getattr(args, "json_events", False)))
+    try:
+        return run_job(job, params, ctx)
+    except KeyboardInterrupt:
+        ctx.cancel()
+        raise Cancelled() from None
+    finally:
+        print(file=sys.stderr)
+
+
+def _print_result(data: Any, as_json: bool, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if as_json else text)
+
+
+# -- subcommands -----------------------------------------------------------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    from core.models.sources import list_available
+
+    found = list_available()
+    lines = [f"{m.ref.kind:9} {m.ref.name}   {m.detail}" for m in found] or ["No models found."]
+    _print_result([m.to_dict() for m in found], args.json, "\n".join(lines))
+    return EXIT_OK
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from core.models import loading, sources
+
+    params = loading.LoadParams(
+        model=sources.resolve(args.model),
+        device=args.device,
+        allow_pickle=args.allow_pickle,
+        trust_remote_code=args.trust_remote_code,
+    )
+    return _run(loading.run, params, args)
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from core.learn import format_bytes, format_count
+
+    card = _load(args).card
+    text = "\n".join(
+        [
+            f"{card.name}  ({card.architecture})",
+            f"parameters {format_count(card.parameters)}, layers {card.layers}, hidden {card.hidden_size},"
+            f" vocabulary {card.vocab_size}, dtype {card.dtype}, on {card.device}",
+            f"size on disk {format_bytes(card.size_on_disk_bytes)}",
+            "memory: " + ", ".join(f"{k} {format_bytes(v)}" for k, v in card.memory_bytes.items()),
+        ]
+    )
+    _print_result(card.to_dict(), args.json, text)
+    return EXIT_OK
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from core import generate
+
+    loaded = _load(args)
+    params = generate.GenerateParams(
+        loaded=loaded, prompt=args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature
+    )
+    answer = _run(generate.run, params, args)
+    _print_result({"prompt": args.prompt, "answer": answer}, args.json, answer)
+    return EXIT_OK
+
+
+# -- parser ----------------------------------------------------------------------------------
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model",
+        help="'default' (bundled SmolLM2-135M-Instruct), a model folder, a .gguf file, "
+        "or a repo id already in the local Hugging Face cache",
+    )
+    p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow .bin/.pt weights (read with torch.load(weights_only=True)); refused by default",
+    )
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run Python code shipped in the model folder; refused by default, only for models you trust",
+    )
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.add_argument("--json-events", action="store_true", help="print progress events as JSON lines on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quanttune",
+        description="Quantize and fine-tune language models on your own machine. "
+        "With no command, opens the QuantTune window.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("models", help="list the models that can be loaded (bundled, local HF cache)")
+    _common(p)
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("load", help="load a model and print its card")
+    _add_model_args(p)
+    _common(p)
+    p.set_defaults(func=cmd_load)
+    p = sub.add_parser("ask", help="load a model and generate an answer to a prompt")
+    _add_model_args(p)
+    p.add_argument("prompt", help="the question or instruction")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (deterministic)")
+    _common(p)
+    p.set_defaults(func=cmd_ask)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, gui: Callable[[], int] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv and gui is not None:
+        return gui()
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return EXIT_OK
+    try:
+        return args.func(args)
+    except Cancelled:
+        print("Cancelled.", file=sys.stderr)
+        return EXIT_CANCELLED
+    except QuantTuneError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.fix:
+            print(f"fix: {exc.fix}", file=sys.stderr)
+        return EXIT_ERROR

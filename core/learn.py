@@ -1,0 +1,58 @@
+"""The Learn panel's texts: each step's concept in the product's own words, with the loaded
+model's numbers filled in where they apply. Texts live in resources/learn/<step>.html."""
+
+from __future__ import annotations
+
+import html
+from importlib import resources
+from string import Template
+from typing import Any
+
+INT_GROUP_SIZE = 64  # the group size the memory table assumes for INT8/INT4 scales
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def format_count(n: int) -> str:
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} B"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f} M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f} K"
+    return str(n)
+
+
+def _memory_table(numbers: dict[str, Any]) -> str:
+    memory = numbers.get("memory_bytes")
+    params = numbers.get("parameters")
+    if not memory or not params:
+        return "<p><i>Load a model to see these numbers for it.</i></p>"
+    name = html.escape(str(numbers.get("name", "this model")))
+    rows = "".join(
+        f"<tr><td>{precision}</td><td align='right'>{format_bytes(size)}</td>"
+        f"<td align='right'>{size * 8 / params:.2f}</td></tr>"
+        for precision, size in memory.items()
+    )
+    return (
+        f"<p>For <b>{name}</b>, N = {params:,} weights:</p>"
+        "<table border='1' cellspacing='0' cellpadding='4'>"
+        "<tr><th>precision</th><th>weights in memory</th><th>bits per weight</th></tr>"
+        f"{rows}</table>"
+    )
+
+
+def render(step: str, numbers: dict[str, Any] | None = None) -> str:
+    """HTML for the Learn panel of ``step``; ``numbers`` are the loaded model's (may be empty)."""
+    numbers = numbers or {}
+    text = resources.files("resources").joinpath("learn", f"{step}.html").read_text("utf-8")
+    return Template(text).safe_substitute(
+        numbers=_memory_table(numbers),
+        group=INT_GROUP_SIZE,
+    )

@@ -1,0 +1,240 @@
+"""Projects: a folder under the user data dir holding project.json and the steps' artifacts.
+
+The project is a dataclass tree saved as JSON with a ``schema_version``; older files are
+migrated step by step on open. Every write is atomic (see core.atomic).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from core import atomic, paths
+from core.errors import ProjectError
+
+SCHEMA_VERSION = 2
+PROJECT_FILE = "project.json"
+ARTIFACTS_DIR = "artifacts"
+STEPS = (
+    "load",
+    "inspect",
+    "precision",
+    "calibrate",
+    "method",
+    "train",
+    "evaluate",
+)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class LoadSettings:
+    """The Load step: which model, on which device."""
+
+    model: dict[str, str] | None = None  # a core.models.sources.ModelRef as a dict
+    device: str = "auto"
+    allow_pickle: bool = False
+
+
+@dataclass
+class Project:
+    name: str
+    folder: Path
+    created: str = field(default_factory=_now)
+    modified: str = field(default_factory=_now)
+    load: LoadSettings = field(default_factory=LoadSettings)
+    step_status: dict[str, str] = field(default_factory=dict)  # step -> "done" | "stale"
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    notes: str = ""
+
+    @property
+    def artifacts(self) -> Path:
+        return self.folder / ARTIFACTS_DIR
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("folder")
+        return {"schema_version": SCHEMA_VERSION, **data}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], folder: Path) -> Project:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known.pop("folder", None)
+        load_data = known.pop("load", None) or {}
+        load = LoadSettings(**{k: v for k, v in load_data.items() if k in LoadSettings.__dataclass_fields__})
+        project = cls(folder=folder, load=load, **known)
+        _check_types(project)
+        return project
+
+
+_EXPECTED_TYPES = {
+    "name": str,
+    "created": str,
+    "modified": str,
+    "step_status": dict,
+    "runs": list,
+    "notes": str,
+}
+
+
+def _check_types(project: Project) -> None:
+    for attr, kind in _EXPECTED_TYPES.items():
+        if not isinstance(getattr(project, attr), kind):
+            raise ValueError(f"'{attr}' should be a {kind.__name__}")
+    if project.load.model is not None and not isinstance(project.load.model, dict):
+        raise ValueError("'load.model' should be an object")
+
+
+# -- migrations ----------------------------------------------------------------------------
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    # v1 kept the model as a flat "model_path" string and had no device choice.
+    model_path = data.pop("model_path", None)
+    model = None
+    if model_path == "default":
+        model = {"kind": "default", "location": "", "name": "SmolLM2-135M-Instruct (bundled)"}
+    elif model_path:
+        kind = "gguf" if str(model_path).endswith(".gguf") else "folder"
+        model = {"kind": kind, "location": model_path, "name": Path(model_path).name}
+    data["load"] = {"model": model, "device": "auto", "allow_pickle": False}
+    data.setdefault("step_status", {})
+    return data
+
+
+MIGRATIONS = {1: _v1_to_v2}
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    version = data.get("schema_version", 1)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ProjectError(
+            f"This project was saved by a newer QuantTune (schema {version}).",
+            "Update QuantTune to open it.",
+        )
+    while version < SCHEMA_VERSION:
+        data = MIGRATIONS[version](dict(data))
+        version += 1
+    data["schema_version"] = SCHEMA_VERSION
+    return data
+
+
+# -- reading and writing -------------------------------------------------------------------
+def load_project(folder: Path) -> Project:
+    folder = Path(folder)
+    path = folder / PROJECT_FILE
+    if not path.is_file():
+        raise ProjectError(
+            f"No project at {folder}: {PROJECT_FILE} is missing.",
+            "The folder may have been moved or deleted; pick the project again or create a new one.",
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("top level is not an object")
+        return Project.from_dict(migrate(data), folder)
+    except ProjectError:
+        raise
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise ProjectError(
+            f"The project file {path} is damaged ({exc}).",
+            "Restore it from a backup, or create a new project; the artifacts folder is untouched.",
+        ) from exc
+
+
+def save_project(project: Project) -> None:
+    if not project.folder.is_dir():
+        raise ProjectError(
+            f"The project folder {project.folder} no longer exists.",
+            "Use File → Save As… to save the project somewhere else.",
+        )
+    project.modified = _now()
+    atomic.write_json(project.folder / PROJECT_FILE, project.to_dict())
+
+
+def _slug(name: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name.strip()).strip("-.")
+    return slug[:60] or "project"
+
+
+def _free_folder(root: Path, name: str) -> Path:
+    base = root / _slug(name)
+    candidate, n = base, 2
+    while candidate.exists():
+        candidate = base.with_name(f"{base.name}-{n}")
+        n += 1
+    return candidate
+
+
+def validate_name(name: str) -> list[str]:
+    problems = []
+    if not name.strip():
+        problems.append("The project name is empty.")
+    if len(name) > 100:
+        problems.append("The project name is longer than 100 characters.")
+    return problems
+
+
+def create_project(name: str, root: Path | None = None) -> Project:
+    problems = validate_name(name)
+    if problems:
+        raise ProjectError(" ".join(problems), "Type a name for the project.")
+    root = Path(root) if root else paths.projects_dir()
+    folder = _free_folder(root, name)
+    project = Project(name=name.strip(), folder=folder)
+    with atomic.staged_dir(folder) as tmp:
+        (tmp / ARTIFACTS_DIR).mkdir()
+        atomic.write_json(tmp / PROJECT_FILE, project.to_dict())
+    return project
+
+
+def rename_project(project: Project, new_name: str) -> Project:
+    """Rename in place: the folder keeps its path so open references stay valid."""
+    problems = validate_name(new_name)
+    if problems:
+        raise ProjectError(" ".join(problems), "Type a name for the project.")
+    project.name = new_name.strip()
+    save_project(project)
+    return project
+
+
+def duplicate_project(project: Project, new_name: str | None = None) -> Project:
+    name = new_name or f"{project.name} copy"
+    folder = _free_folder(project.folder.parent, name)
+    with atomic.staged_dir(folder) as tmp:
+        shutil.copytree(project.folder, tmp, dirs_exist_ok=True)
+        copy = Project.from_dict(project.to_dict(), tmp)
+        copy.name, copy.created = name, _now()
+        copy.folder = tmp
+        save_project(copy)
+    copy.folder = folder
+    return copy
+
+
+def delete_project(project: Project) -> None:
+    # Rename first so a half-finished delete never looks like a valid project.
+    if not project.folder.exists():
+        return
+    trash = project.folder.with_name(f".{project.folder.name}.deleting")
+    project.folder.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def list_projects(root: Path | None = None) -> list[Project]:
+    root = Path(root) if root else paths.projects_dir()
+    found = []
+    if root.is_dir():
+        for folder in sorted(root.iterdir()):
+            if folder.name.startswith(".") or not (folder / PROJECT_FILE).is_file():
+                continue
+            try:
+                found.append(load_project(folder))
+            except ProjectError:
+                continue  # a damaged project is reported when the user opens it
+    return sorted(found, key=lambda p: p.modified, reverse=True)
