@@ -48,11 +48,32 @@ def _memory_table(numbers: dict[str, Any]) -> str:
     )
 
 
+def _tensor_block(numbers: dict[str, Any]) -> str:
+    if "skew" not in numbers:
+        return "<p><i>Select a tensor in the table to see these numbers for it.</i></p>"
+    n = {k: html.escape(str(v)) if isinstance(v, str) else v for k, v in numbers.items()}
+    return (
+        f"<p><b>{n['tensor']}</b>: mean {n['mean']:.4g}, std {n['std']:.4g} (|mean|/std = "
+        f"{abs(n['mean']) / n['std'] if n['std'] else float('nan'):.3g}), skewness {n['skew']:.3g}, "
+        f"excess kurtosis {n['kurtosis']:.3g}, {100 * n['outliers']:.3g}% of values beyond "
+        f"{n['k']:g}&middot;std.</p>"
+        f"<p>At INT{n['bits']}, per tensor: symmetric S = {n['sym_scale']:.4g}, Z = 0 (range "
+        f"&plusmn;{n['sym_hi']:.4g}); asymmetric S = {n['asym_scale']:.4g}, Z = {n['asym_zero']} "
+        f"(range {n['asym_lo']:.4g} to {n['asym_hi']:.4g}).</p>"
+        f"<p>Rule of thumb: {n['rule']}. Measured: <b>{n['recommendation']}</b>.</p>"
+    )
+
+
+_BLOCKS = {"load": _memory_table, "inspect": _tensor_block}
+
+
 def render(step: str, numbers: dict[str, Any] | None = None) -> str:
-    """HTML for the Learn panel of ``step``; ``numbers`` are the loaded model's (may be empty)."""
+    """HTML for the Learn panel of ``step``; ``numbers`` fill in the loaded model's or the selected
+    tensor's values (may be empty: the text then says where they will come from)."""
     numbers = numbers or {}
     text = resources.files("resources").joinpath("learn", f"{step}.html").read_text("utf-8")
+    block = _BLOCKS.get(step)
     return Template(text).safe_substitute(
-        numbers=_memory_table(numbers),
+        numbers=block(numbers) if block else "",
         group=INT_GROUP_SIZE,
     )

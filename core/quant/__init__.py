@@ -1,0 +1,1 @@
+"""Quantization arithmetic shared by Inspect, Quantize and QAT."""

@@ -1,0 +1,1 @@
+"""Weights as data: stream tensors from a checkpoint, describe their distributions."""
