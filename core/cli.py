@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from core.errors import Cancelled, QuantTuneError
@@ -100,6 +101,32 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from core.models import loading, sources
+    from core.weights import inspect
+    from core.weights.recommend import Criteria
+
+    ref = sources.resolve(args.model)
+    setup = JobContext(_stderr_sink(args.json_events))
+    params = inspect.InspectParams(
+        source=str(loading.weights_path(ref, setup)),
+        bits=args.bits,
+        group_size=args.group_size,
+        criteria=Criteria(args.max_abs_skew, args.max_mean_over_std, args.asym_margin_db),
+        measure=not args.no_measure,
+    )
+    report = _run(inspect.run, params, args)
+    if args.csv:
+        report.write_csv(args.csv, args.k)
+    lines = [
+        f"{t.stats.name:48} skew {t.stats.skew:8.3f}  kurt {t.stats.kurtosis:9.3f}  {t.recommendation.label}"
+        for t in report.tensors
+    ]
+    lines.append(f"\n{report.summary()}  ({report.parameters:,} parameters in {report.seconds:.1f} s)")
+    _print_result(report.to_dict(), args.json, "\n".join(lines))
+    return EXIT_OK
+
+
 # -- parser ----------------------------------------------------------------------------------
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -146,7 +173,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (deterministic)")
     _common(p)
     p.set_defaults(func=cmd_ask)
+    _add_inspect_parser(sub)
     return parser
+
+
+def _add_inspect_parser(sub) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="statistics of every weight tensor and the recommended quantization scheme",
+        description="Streams the checkpoint tensor by tensor (memory stays near the largest tensor) and "
+        "reports mean, std, skewness, excess kurtosis, outliers and the recommended scheme of each.",
+    )
+    p.add_argument("model", help="'default', a model folder, a .gguf file, or a cached repo id")
+    p.add_argument("--bits", type=int, default=4, choices=(2, 3, 4, 8), help="bit width to measure at")
+    p.add_argument("--group-size", type=int, default=64, help="weights per group for group-wise schemes")
+    p.add_argument("--no-measure", action="store_true", help="statistics only, skip the error measurement")
+    p.add_argument("--max-abs-skew", type=float, default=0.5, help="rule: symmetric if |skewness| <= this …")
+    p.add_argument("--max-mean-over-std", type=float, default=0.1, help="… and |mean|/std <= this")
+    p.add_argument(
+        "--asym-margin-db",
+        type=float,
+        default=1.5,
+        help="SQNR an asymmetric scheme must gain over symmetric to be chosen",
+    )
+    p.add_argument("--k", type=float, default=3.0, help="outlier threshold in std for the CSV column")
+    p.add_argument("--csv", type=Path, help="also write the table to this CSV file")
+    _common(p)
+    p.set_defaults(func=cmd_inspect)
 
 
 def main(argv: Sequence[str] | None = None, gui: Callable[[], int] | None = None) -> int:

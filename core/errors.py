@@ -54,7 +54,15 @@ class CorruptModel(ModelError):
 
 
 class UnsafeModel(ModelError):
-    """Loading would run code from the model folder or unpickle a file."""
+    """Loading would run code from the model folder or unpickle a file.
+
+    ``needs`` names the consent that would allow it: "allow_pickle" or "trust_remote_code"
+    (None when no consent can make it safe).
+    """
+
+    def __init__(self, message: str, fix: str = "", needs: str | None = None) -> None:
+        super().__init__(message, fix)
+        self.needs = needs
 
 
 class UnsupportedModel(ModelError):

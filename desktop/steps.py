@@ -1,0 +1,32 @@
+"""The wizard's steps, in order: the one table the sidebar, the stack and the menus read.
+
+A later release adds a step's pane by filling in its ``pane`` here; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PySide6.QtWidgets import QWidget
+
+from desktop.panes.load_pane import LoadPane
+from desktop.session import Session
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    key: str  # as in core.project.STEPS and Project.step_status
+    title: str
+    pane: Callable[[Session], QWidget] | None  # None: arrives in a later release
+
+
+STEPS: tuple[StepSpec, ...] = (
+    StepSpec("load", "Load model", LoadPane),
+    StepSpec("inspect", "Inspect weights", None),
+    StepSpec("precision", "Precision & symmetry", None),
+    StepSpec("calibrate", "Calibrate", None),
+    StepSpec("method", "Fine-tuning method", None),
+    StepSpec("train", "Train", None),
+    StepSpec("evaluate", "Evaluate", None),
+)
