@@ -17,7 +17,7 @@ from typing import Any
 from core import atomic, paths
 from core.errors import ProjectError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PROJECT_FILE = "project.json"
 ARTIFACTS_DIR = "artifacts"
 STEPS = (
@@ -45,12 +45,29 @@ class LoadSettings:
 
 
 @dataclass
+class InspectSettings:
+    """The Inspect step: what to measure, the rule's thresholds, and what it recommended."""
+
+    bits: int = 4
+    group_size: int = 64
+    outlier_k: float = 3.0
+    max_abs_skew: float = 0.5
+    max_mean_over_std: float = 0.1
+    asym_margin_db: float = 1.5
+    # tensor name -> {"symmetric": bool, "granularity": "tensor"|"channel"|"group"}; the
+    # Precision & symmetry step starts from these.
+    recommended: dict[str, dict[str, Any]] = field(default_factory=dict)
+    summary: str = ""
+
+
+@dataclass
 class Project:
     name: str
     folder: Path
     created: str = field(default_factory=_now)
     modified: str = field(default_factory=_now)
     load: LoadSettings = field(default_factory=LoadSettings)
+    inspect: InspectSettings = field(default_factory=InspectSettings)
     step_status: dict[str, str] = field(default_factory=dict)  # step -> "done" | "stale"
     runs: list[dict[str, Any]] = field(default_factory=list)
     notes: str = ""
@@ -68,11 +85,19 @@ class Project:
     def from_dict(cls, data: dict[str, Any], folder: Path) -> Project:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         known.pop("folder", None)
-        load_data = known.pop("load", None) or {}
-        load = LoadSettings(**{k: v for k, v in load_data.items() if k in LoadSettings.__dataclass_fields__})
-        project = cls(folder=folder, load=load, **known)
+        load = _settings(LoadSettings, known.pop("load", None))
+        inspect = _settings(InspectSettings, known.pop("inspect", None))
+        project = cls(folder=folder, load=load, inspect=inspect, **known)
         _check_types(project)
         return project
+
+
+def _settings(cls, data: Any):
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ValueError(f"'{cls.__name__}' should be an object")
+    return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 _EXPECTED_TYPES = {
@@ -108,7 +133,13 @@ def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-MIGRATIONS = {1: _v1_to_v2}
+def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    # v3 added the Inspect step's settings; its defaults apply.
+    data.setdefault("inspect", asdict(InspectSettings()))
+    return data
+
+
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:

@@ -148,3 +148,15 @@ def test_staged_dir_is_all_or_nothing(tmp_path):
         raise RuntimeError("job failed halfway")
     assert (target / "a.txt").read_text() == "one"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]
+
+
+def test_migrates_version_2_adds_inspect_defaults(tmp_path):
+    (tmp_path / "project.json").write_text(
+        json.dumps({"schema_version": 2, "name": "v2", "load": {"model": None, "device": "cpu"}})
+    )
+    p = project.load_project(tmp_path)
+    assert p.load.device == "cpu"
+    assert p.inspect.bits == 4 and p.inspect.group_size == 64 and p.inspect.recommended == {}
+    p.inspect.recommended["w"] = {"symmetric": True, "granularity": "channel"}
+    project.save_project(p)
+    assert project.load_project(tmp_path).inspect.recommended == {"w": {"symmetric": True, "granularity": "channel"}}
