@@ -14,7 +14,7 @@ from pathlib import Path
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
-from desktop import excepthook
+from desktop import excepthook, startup_probe
 from desktop.gui_gc import GuiThreadCollector
 from desktop.main_window import MainWindow
 
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     collector = GuiThreadCollector(parent=app)  # before any job thread starts
     window = MainWindow()
     excepthook.install(window)
+    startup_probe.install_if_requested(window)
     window.show()
     autoload = os.environ.get("QUANTTUNE_NO_AUTOLOAD", "") not in ("1", "true", "yes")
     # After the first paint: the window is up before any job imports torch.

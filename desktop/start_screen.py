@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import (
@@ -26,8 +27,10 @@ from core import project as projects
 from core.errors import ProjectError, QuantTuneError, StorageError
 from desktop import dialogs
 from desktop.formatting import format_ref
+from desktop.jobs import JobHandle
 from desktop.session import Session
 from desktop.widgets.error_panel import ErrorPanel
+from desktop.widgets.job_bar import JobBar
 
 log = logging.getLogger(__name__)
 _FOLDER_ROLE = Qt.ItemDataRole.UserRole
@@ -78,9 +81,17 @@ class StartScreen(QWidget):
         self.session = session
         self._entries: dict[str, _Entry] = {}
         self.error_panel = ErrorPanel()
+        # The model loading in the background (at start: the bundled default) shows its
+        # progress here too, since this is where the user waits for it.
+        self.load_bar = JobBar()
         self._build()
         session.projectChanged.connect(self.refresh)
+        session.modelLoading.connect(self._on_model_loading)
         self.refresh()
+
+    @Slot(object, object)
+    def _on_model_loading(self, handle: JobHandle, ref: Any) -> None:
+        self.load_bar.bind(handle)
 
     # -- layout -------------------------------------------------------------------------
     def _build(self) -> None:
@@ -109,6 +120,7 @@ class StartScreen(QWidget):
         layout.addWidget(subtitle)
         layout.addSpacing(8)
         layout.addLayout(top)
+        layout.addWidget(self.load_bar)
         layout.addWidget(self.error_panel)
         layout.addSpacing(8)
         heading = QLabel("Projects")

@@ -10,6 +10,7 @@ after each stage, so a cancelled load ends as soon as the current stage finishes
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import struct
@@ -109,6 +110,7 @@ def _quiet_library_progress_bars() -> None:
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as hf_logging
 
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF reader's bar ignores the switches below
     disable_progress_bars()
     hf_logging.disable_progress_bar()
 

@@ -159,4 +159,6 @@ def test_migrates_version_2_adds_inspect_defaults(tmp_path):
     assert p.inspect.bits == 4 and p.inspect.group_size == 64 and p.inspect.recommended == {}
     p.inspect.recommended["w"] = {"symmetric": True, "granularity": "channel"}
     project.save_project(p)
-    assert project.load_project(tmp_path).inspect.recommended == {"w": {"symmetric": True, "granularity": "channel"}}
+    assert project.load_project(tmp_path).inspect.recommended == {
+        "w": {"symmetric": True, "granularity": "channel"}
+    }

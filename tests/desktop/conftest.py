@@ -95,20 +95,20 @@ def empty_hf_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    from tests.desktop import tiny_models
+    from tests import tiny_models
 
     return tiny_models.save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 @pytest.fixture(scope="session")
 def pickle_model_dir(tmp_path_factory):
-    from tests.desktop import tiny_models
+    from tests import tiny_models
 
     return tiny_models.save_pickle_only_model(tmp_path_factory.mktemp("models") / "pickle-llama")
 
 
 @pytest.fixture(scope="session")
 def no_config_dir(tmp_path_factory):
-    from tests.desktop import tiny_models
+    from tests import tiny_models
 
     return tiny_models.save_folder_without_config(tmp_path_factory.mktemp("models") / "no-config")
