@@ -1,0 +1,1 @@
+"""Measuring models: perplexity now; task metrics and comparisons later."""
