@@ -49,6 +49,12 @@ def choose_file(parent: QWidget | None, title: str, name_filter: str, start: str
     return Path(path) if path else None
 
 
+def choose_save_file(parent: QWidget | None, title: str, name_filter: str, start: str = "") -> Path | None:
+    """Ask where to save a file (``start``: the suggested path); None when the user cancels."""
+    path, _ = QFileDialog.getSaveFileName(parent, title, start, name_filter)
+    return Path(path) if path else None
+
+
 def show_error(parent: QWidget | None, title: str, message: str, details: str = "") -> None:
     """A modal error for failures that belong to no pane (the global excepthook)."""
     box = QMessageBox(QMessageBox.Icon.Critical, title, message, parent=parent)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,7 @@ class MainWindow(QMainWindow):
         self.panes: dict[str, QWidget] = {}
         for spec in STEPS:
             if spec.pane is not None:
-                self.panes[spec.key] = spec.pane(self.session)
-                self.stack.addWidget(self.panes[spec.key])
+                self._add_pane(spec.key, spec.pane(self.session))
         self._build_central()
         self._build_status_bar()
         self._build_menus()
@@ -54,6 +54,15 @@ class MainWindow(QMainWindow):
         self.show_start()
 
     # -- construction -----------------------------------------------------------------------
+    def _add_pane(self, key: str, pane: QWidget) -> None:
+        self.panes[key] = pane
+        self.stack.addWidget(pane)
+        # Optional pane signals (see desktop.steps); emitted in the GUI thread.
+        if hasattr(pane, "statusChanged"):
+            pane.statusChanged.connect(partial(self.sidebar.set_status, key))
+        if hasattr(pane, "stepRequested"):
+            pane.stepRequested.connect(self.show_step)
+
     def _build_central(self) -> None:
         right = QVBoxLayout()
         right.setContentsMargins(0, 0, 0, 0)

@@ -1,6 +1,8 @@
 """The wizard's steps, in order: the one table the sidebar, the stack and the menus read.
 
-A later release adds a step's pane by filling in its ``pane`` here; nothing else changes.
+A later release adds a step's pane by filling in its ``pane`` here; nothing else changes. A pane
+may offer ``statusChanged(state, text)`` (its sidebar status) and ``stepRequested(key)`` (go to
+another step); the main window connects them when present.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 
 from PySide6.QtWidgets import QWidget
 
+from desktop.panes.inspect_pane import InspectPane
 from desktop.panes.load_pane import LoadPane
 from desktop.session import Session
 
@@ -23,7 +26,7 @@ class StepSpec:
 
 STEPS: tuple[StepSpec, ...] = (
     StepSpec("load", "Load model", LoadPane),
-    StepSpec("inspect", "Inspect weights", None),
+    StepSpec("inspect", "Inspect weights", InspectPane),
     StepSpec("precision", "Precision & symmetry", None),
     StepSpec("calibrate", "Calibrate", None),
     StepSpec("method", "Fine-tuning method", None),

@@ -11,11 +11,11 @@ import io
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from core import atomic
-from core.weights.recommend import Criteria, Recommendation, recommend
+from core.weights.recommend import Criteria, Recommendation, recommend, rejudge
 from core.weights.sources import open_source
 from core.weights.stats import TensorStats, tensor_stats
 
@@ -74,6 +74,11 @@ class InspectReport:
         if disagree:
             text += f" The rule of thumb and the measurement disagree on {disagree}; the measurement decides."
         return text
+
+    def with_criteria(self, criteria: Criteria) -> InspectReport:
+        """The same statistics and measurements judged with other thresholds (no re-reading)."""
+        tensors = [TensorReport(t.stats, rejudge(t.stats, t.recommendation, criteria)) for t in self.tensors]
+        return replace(self, criteria=criteria, tensors=tensors)
 
     def to_dict(self) -> dict:
         return {

@@ -15,7 +15,7 @@ Where the two disagree, the measurement decides by default.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -93,11 +93,15 @@ def measure(tensor: torch.Tensor, bits: int, group_size: int, asym_margin_db: fl
             scheme = Scheme(bits, symmetric, granularity, group_size)
             error = _error(x, fake_quantize(x, scheme), signal)
             overhead = scheme.overhead_bits(tuple(x.shape))
-            score = error.sqnr_db - DB_PER_BIT * overhead - (0.0 if symmetric else asym_margin_db)
+            score = _score(error.sqnr_db, overhead, symmetric, asym_margin_db)
             results.append(
                 SchemeResult(scheme.label, symmetric, granularity, error.mse, error.sqnr_db, overhead, score)
             )
     return results
+
+
+def _score(sqnr_db: float, overhead_bits: float, symmetric: bool, asym_margin_db: float) -> float:
+    return sqnr_db - DB_PER_BIT * overhead_bits - (0.0 if symmetric else asym_margin_db)
 
 
 def _error(x: torch.Tensor, x_hat: torch.Tensor, signal: float) -> QuantError:
@@ -123,3 +127,20 @@ def recommend(
     rec.best = max(rec.measured, key=lambda r: r.score_db)
     rec.agree = rec.best.symmetric == rule
     return rec
+
+
+def rejudge(stats: TensorStats, rec: Recommendation, criteria: Criteria) -> Recommendation:
+    """``rec`` judged again with other thresholds, without reading the tensor again: the rule is
+    re-run on the statistics and the measured errors are re-scored with the new asymmetric
+    margin (the errors themselves do not depend on the thresholds)."""
+    rule, reason = rule_of_thumb(stats, criteria)
+    new = Recommendation(rule, reason)
+    if not rec.measured or rule is None:
+        return new
+    new.measured = [
+        replace(r, score_db=_score(r.sqnr_db, r.overhead_bits, r.symmetric, criteria.asym_margin_db))
+        for r in rec.measured
+    ]
+    new.best = max(new.measured, key=lambda r: r.score_db)
+    new.agree = new.best.symmetric == rule
+    return new

@@ -248,3 +248,21 @@ def test_sqnr_is_infinite_when_exact():
     w = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
     rec = recommend(tensor_stats("w", w), w, 8, 64, Criteria())
     assert any(math.isinf(r.sqnr_db) for r in rec.measured)
+
+
+def test_rejudging_with_new_thresholds_matches_a_fresh_run(checkpoint):
+    strict = Criteria(max_abs_skew=0.01, max_mean_over_std=0.001, asym_margin_db=0.0)
+    report = inspect.run(inspect.InspectParams(str(checkpoint)), JobContext())
+    fresh = inspect.run(inspect.InspectParams(str(checkpoint), criteria=strict), JobContext())
+    rejudged = report.with_criteria(strict)
+    assert rejudged.criteria == strict and report.criteria == Criteria()
+    for a, b in zip(rejudged.tensors, fresh.tensors, strict=True):
+        ra, rb = a.recommendation, b.recommendation
+        assert (ra.rule_symmetric, ra.rule_reason, ra.label, ra.agree) == (
+            rb.rule_symmetric,
+            rb.rule_reason,
+            rb.label,
+            rb.agree,
+        )
+        assert [r.score_db for r in ra.measured] == pytest.approx([r.score_db for r in rb.measured])
+    assert rejudged.summary() == fresh.summary()

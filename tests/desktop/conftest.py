@@ -73,7 +73,7 @@ class ScriptedDialogs:
 @pytest.fixture(autouse=True)
 def scripted_dialogs(monkeypatch):
     fake = ScriptedDialogs()
-    for kind in ("confirm", "ask_text", "choose_folder", "choose_file", "show_error"):
+    for kind in ("confirm", "ask_text", "choose_folder", "choose_file", "choose_save_file", "show_error"):
         monkeypatch.setattr(dialogs, kind, fake.fake(kind))
     return fake
 

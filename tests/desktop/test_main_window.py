@@ -41,21 +41,32 @@ def window(qtbot):
     win.deleteLater()
 
 
-def test_window_lists_seven_steps_and_only_load_is_enabled(window):
+def test_window_lists_seven_steps_and_the_built_ones_are_enabled(window):
     assert window.sidebar.step_keys() == list(projects.STEPS)
     assert [s.title for s in STEPS] == [
         "Load model", "Inspect weights", "Precision & symmetry", "Calibrate",
         "Fine-tuning method", "Train", "Evaluate",
     ]  # fmt: skip
-    assert [k for k in window.sidebar.step_keys() if window.sidebar.is_enabled(k)] == ["load"]
-    assert all(window.sidebar.tooltip(k) == LATER for k in window.sidebar.step_keys() if k != "load")
+    built = ["load", "inspect"]
+    assert [k for k in window.sidebar.step_keys() if window.sidebar.is_enabled(k)] == built
+    assert all(window.sidebar.tooltip(k) == LATER for k in window.sidebar.step_keys() if k not in built)
     assert window.current_pane() is window.start_screen
     assert window.windowTitle() == "QuantTune"
 
 
 def test_no_placeholder_panes_exist(window):
-    assert set(window.panes) == {"load"}
-    assert window.stack.count() == 2  # start screen + the Load pane
+    assert set(window.panes) == {"load", "inspect"}
+    assert window.stack.count() == 3  # start screen + the Load and Inspect panes
+
+
+def test_inspect_step_links_to_load_and_reports_its_status(window):
+    pane = window.panes["inspect"]
+    window.show_step("inspect")
+    assert window.current_pane() is pane and pane.pages.currentIndex() == 0  # no model yet
+    pane.go_load_button.click()
+    assert window.current_pane() is window.panes["load"] and window.sidebar.current() == "load"
+    pane.statusChanged.emit("done", "272 tensors inspected")
+    assert window.sidebar.status_text("inspect") == "272 tensors inspected"
 
 
 def test_new_project_from_the_menu_opens_the_load_step(window, scripted_dialogs):
