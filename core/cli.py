@@ -127,6 +127,49 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from core.evaluate.perplexity import read_text_file
+    from core.quant import job
+
+    loaded = _load(args)
+    params = job.QuantizeParams(
+        loaded=loaded,
+        precision=args.precision,
+        symmetric=args.scheme == "sym",
+        granularity=args.granularity,
+        group_size=args.group_size,
+        method=args.method,
+        observer=args.observer,
+        percentile=args.percentile,
+        include_head=args.include_head,
+        keep_layers=tuple(args.keep or ()),
+        calibration_text=read_text_file(args.calibration) if args.calibration else "",
+        calibration_samples=args.samples,
+        calibration_seq_len=args.seq_len,
+        eval_text=read_text_file(args.eval_text) if args.eval_text else "",
+        measure_perplexity=not args.no_perplexity,
+        output=str(args.output) if args.output else "",
+    )
+    report = _run(job.run, params, args)
+    _print_result(report.to_dict(), args.json, _quantize_summary(report))
+    return EXIT_OK
+
+
+def _quantize_summary(report) -> str:
+    from core.learn import format_bytes
+
+    lines = [f"{report.settings['scheme']} by {report.settings['method'].upper()} in {report.seconds:.1f} s"]
+    lines.append(f"size {format_bytes(report.size_before_bytes)} -> {format_bytes(report.size_after_bytes)} "
+                 f"({report.bits_per_weight:.2f} bits per weight)")  # fmt: skip
+    if report.perplexity_before is not None:
+        lines.append(f"perplexity {report.perplexity_before:.2f} -> {report.perplexity_after:.2f}")
+    worst = sorted(report.layers, key=lambda layer: layer.sqnr_db)[:3]
+    lines += [f"  lowest SQNR: {layer.name} {layer.sqnr_db:.1f} dB" for layer in worst]
+    if report.output:
+        lines.append(f"saved to {report.output}")
+    return "\n".join(lines)
+
+
 # -- parser ----------------------------------------------------------------------------------
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -174,7 +217,55 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_ask)
     _add_inspect_parser(sub)
+    _add_quantize_parser(sub)
     return parser
+
+
+def _add_quantize_parser(sub) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="post-training quantization with a report (per-layer error, size, perplexity)",
+        description="Quantizes every linear layer but the LM head (weight-only), measures perplexity before "
+        "and after on held-out text, and optionally saves a folder that reloads exactly.",
+    )
+    _add_model_args(p)
+    p.add_argument("--precision", default="int4", choices=("int8", "int4", "int3", "int2", "fp16", "bf16"))
+    p.add_argument(
+        "--scheme",
+        default="asym",
+        choices=("sym", "asym"),
+        help="sym: Z = 0, S = max|x|/(2^(b-1)-1); asym: S = (max-min)/(2^b-1), Z = round(-min/S)",
+    )
+    p.add_argument("--granularity", default="group", choices=("tensor", "channel", "group"))
+    p.add_argument("--group-size", type=int, default=64, choices=(32, 64, 128, 256))
+    p.add_argument(
+        "--method",
+        default="rtn",
+        choices=("rtn", "gptq"),
+        help="rtn: round to nearest; gptq: Hessian-based error compensation on calibration data",
+    )
+    p.add_argument(
+        "--observer",
+        default="minmax",
+        choices=("minmax", "percentile", "mse"),
+        help="how each block's range is chosen",
+    )
+    p.add_argument("--percentile", type=float, default=99.99, help="for --observer percentile")
+    p.add_argument("--include-head", action="store_true", help="quantize the LM head too")
+    p.add_argument(
+        "--keep",
+        action="append",
+        metavar="NAME",
+        help="keep layers whose name contains NAME in FP32 (repeatable), e.g. --keep down_proj",
+    )
+    p.add_argument("--calibration", type=Path, help="calibration text or JSONL (default: the bundled text)")
+    p.add_argument("--samples", type=int, default=21, help="calibration windows (GPTQ)")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration window")
+    p.add_argument("--eval-text", type=Path, help="held-out text for perplexity (default: the bundled one)")
+    p.add_argument("--no-perplexity", action="store_true", help="skip the perplexity measurements")
+    p.add_argument("--output", type=Path, help="save the quantized model and report.json into this folder")
+    _common(p)
+    p.set_defaults(func=cmd_quantize)
 
 
 def _add_inspect_parser(sub) -> None:

@@ -1,0 +1,239 @@
+"""The Quantize job: post-training quantization of a loaded model, with a report that shows its
+work (per-layer error, size and perplexity before and after) and a folder that reloads exactly.
+
+Recipe: copy the model → measure it → quantize every chosen linear layer (RTN, or GPTQ on
+calibration data) → measure again → save. The loaded model itself is never changed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import QuantTuneError
+from core.quant.affine import GRANULARITIES, Scheme, quant_error
+from core.quant.weight_ranges import WEIGHT_OBSERVERS
+
+INT_PRECISIONS = {"int8": 8, "int4": 4, "int3": 3, "int2": 2}
+FLOAT_PRECISIONS = {"fp16": 16, "bf16": 16}
+METHODS = ("rtn", "gptq")
+
+
+@dataclass(frozen=True)
+class QuantizeParams:
+    loaded: Any = field(compare=False, repr=False)  # core.models.loading.LoadedModel
+    precision: str = "int4"
+    symmetric: bool = False
+    granularity: str = "group"
+    group_size: int = 64
+    method: str = "rtn"
+    observer: str = "minmax"
+    percentile: float = 99.99
+    include_head: bool = False
+    keep_layers: tuple[str, ...] = ()  # layers whose name contains one of these stay in FP32
+    calibration_text: str = field(default="", repr=False)  # empty: the bundled calibration text
+    calibration_samples: int = 21
+    calibration_seq_len: int = 512
+    eval_text: str = field(default="", repr=False)  # empty: the bundled held-out text
+    eval_window: int = 512
+    eval_max_tokens: int = 4096
+    measure_perplexity: bool = True
+    output: str = ""  # folder to save into; empty: keep in memory only
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.precision not in INT_PRECISIONS and self.precision not in FLOAT_PRECISIONS:
+            known = ", ".join([*INT_PRECISIONS, *FLOAT_PRECISIONS])
+            problems.append(f"unknown precision {self.precision!r} (choose {known})")
+        if self.granularity not in GRANULARITIES:
+            problems.append(f"granularity must be one of {', '.join(GRANULARITIES)}")
+        if self.granularity == "group" and self.group_size not in (32, 64, 128, 256):
+            problems.append(f"group size must be 32, 64, 128 or 256 (got {self.group_size})")
+        if self.method not in METHODS:
+            problems.append(f"method must be one of {', '.join(METHODS)}")
+        if self.observer not in WEIGHT_OBSERVERS:
+            problems.append(f"weight observer must be one of {', '.join(WEIGHT_OBSERVERS)}")
+        if self.precision in FLOAT_PRECISIONS and self.method == "gptq":
+            problems.append("GPTQ is for integer precisions; FP16/BF16 are plain casts")
+        if self.method == "gptq" and (self.calibration_samples < 1 or self.calibration_seq_len < 16):
+            problems.append("GPTQ needs at least one calibration sample of 16 tokens or more")
+        if self.output and self.precision in FLOAT_PRECISIONS:
+            problems.append("FP16/BF16 results are measured, not saved: leave the output folder empty")
+        if not 50.0 < self.percentile < 100.0:
+            problems.append("the percentile must lie between 50 and 100")
+        return problems
+
+    @property
+    def scheme(self) -> Scheme:
+        return Scheme(
+            INT_PRECISIONS.get(self.precision, 8), self.symmetric, self.granularity, self.group_size
+        )
+
+
+@dataclass
+class LayerReport:
+    name: str
+    params: int
+    mse: float
+    sqnr_db: float
+    bits: int
+
+
+@dataclass
+class QuantizeReport:
+    settings: dict[str, Any]
+    layers: list[LayerReport]
+    size_before_bytes: int
+    size_after_bytes: int
+    perplexity_before: float | None
+    perplexity_after: float | None
+    seconds: float
+    output: str = ""
+    model: Any = field(default=None, repr=False, compare=False)  # the quantized model, in memory
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.size_after_bytes / max(1, self.parameters)
+
+    @property
+    def parameters(self) -> int:
+        return self.settings.get("parameters", 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in ("model", "layers")}
+        data["bits_per_weight"] = self.bits_per_weight
+        data["layers"] = [_finite(asdict(layer)) for layer in self.layers]
+        return data
+
+
+def _finite(row: dict) -> dict:
+    # JSON has no infinity: an exactly representable layer has SQNR "inf"
+    return {k: (str(v) if isinstance(v, float) and math.isinf(v) else v) for k, v in row.items()}
+
+
+def run(params: QuantizeParams, ctx) -> QuantizeReport:
+    started = time.monotonic()
+    source = params.loaded
+    ctx.stage("Copying the model (the loaded one stays as it is)")
+    model = copy.deepcopy(source.model)
+    ppl_before = _perplexity(source.model, source.tokenizer, params, ctx, "before")
+    if params.precision in FLOAT_PRECISIONS:
+        quantized, names = {}, _cast(model, params.precision)
+    else:
+        quantized = _quantize_int(model, source.tokenizer, params, ctx)
+        names = list(quantized)
+    layers = _layer_reports(source.model, model, names, params)
+    ppl_after = _perplexity(model, source.tokenizer, params, ctx, "after")
+    before, after = _sizes(source.model, quantized, params)
+    settings = {
+        k: v for k, v in asdict(params).items() if k not in ("loaded", "calibration_text", "eval_text")
+    }
+    settings.update(model=source.card.name, parameters=_parameters(source.model), scheme=params.scheme.label)
+    report = QuantizeReport(
+        settings, layers, before, after, ppl_before, ppl_after, time.monotonic() - started
+    )
+    if params.output:
+        _save(model, source, quantized, params, report, ctx)
+    report.model = model  # for "Ask the model" and evaluation
+    return report
+
+
+def _quantize_int(model, tokenizer, params: QuantizeParams, ctx) -> dict:
+    from core.quant import calibration, gptq
+    from core.quant.qtensor import as_rows, quantize_with_ranges
+    from core.quant.weight_ranges import weight_ranges
+
+    layers = calibration.linear_layers(model, include_head=params.include_head)
+    layers = {n: m for n, m in layers.items() if not any(k and k in n for k in params.keep_layers)}
+    scheme = params.scheme
+
+    def quantize_layer(name, linear, hessian):
+        rows = as_rows(linear.weight.detach().float())
+        lo, hi = weight_ranges(rows, scheme, params.observer, params.percentile)
+        if hessian is None:
+            return quantize_with_ranges(rows, lo, hi, scheme)
+        return gptq.gptq_quantize(rows, hessian, scheme, ranges=(lo, hi), name=name)
+
+    batches = None
+    if params.method == "gptq":
+        from core.evaluate.perplexity import bundled_text
+
+        text = params.calibration_text or bundled_text("calibration")
+        batches = calibration.calibration_batches(tokenizer, text, params.calibration_samples,
+                                                  params.calibration_seq_len)  # fmt: skip
+    ctx.stage(f"Quantizing {len(layers)} layers ({params.method.upper()}, {scheme.label})")
+    return calibration.quantize_sequential(
+        model, batches, quantize_layer, ctx, needs_hessian=params.method == "gptq", layers=layers
+    )
+
+
+def _cast(model, precision: str) -> list[str]:
+    """FP16/BF16: every floating weight rounded to the half format (computed back in FP32)."""
+    import torch
+
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    names = []
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.copy_(module.weight.to(dtype).float())
+                names.append(name)
+        for param in model.parameters():
+            param.copy_(param.to(dtype).float())
+    return names
+
+
+def _layer_reports(original, quantized_model, names: list[str], params: QuantizeParams) -> list[LayerReport]:
+    reports = []
+    bits = INT_PRECISIONS.get(params.precision) or FLOAT_PRECISIONS[params.precision]
+    for name in names:
+        w = original.get_submodule(name).weight
+        w_hat = quantized_model.get_submodule(name).weight
+        error = quant_error(w.detach(), w_hat.detach())
+        reports.append(LayerReport(name, w.numel(), error.mse, error.sqnr_db, bits))
+    return reports
+
+
+def _perplexity(model, tokenizer, params: QuantizeParams, ctx, when: str) -> float | None:
+    if not params.measure_perplexity:
+        return None
+    from core.evaluate import perplexity as ppl
+
+    text = params.eval_text or ppl.bundled_text("heldout")
+    ctx.stage(f"Measuring perplexity {when}")
+    sub = ppl.PerplexityParams(model, tokenizer, text, params.eval_window, params.eval_max_tokens)
+    problems = sub.validate()
+    if problems:
+        raise QuantTuneError("The evaluation text cannot be used: " + "; ".join(problems) + ".",
+                             "Pick a longer evaluation text.")  # fmt: skip
+    return ppl.run(sub, ctx).perplexity
+
+
+def _parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())  # tied weights are counted once
+
+
+def _sizes(model, quantized: dict, params: QuantizeParams) -> tuple[int, int]:
+    """Bytes of the weights before (FP32) and after: quantized layers packed at their bits with
+    their scales, cast models at 2 bytes, everything else as it was."""
+    before = _parameters(model) * 4
+    if params.precision in FLOAT_PRECISIONS:
+        return before, before // 2
+    replaced = sum(model.get_submodule(name).weight.numel() for name in quantized)
+    kept = _parameters(model) - replaced
+    return before, kept * 4 + sum(q.nbytes_packed for q in quantized.values())
+
+
+def _save(model, source, quantized: dict, params: QuantizeParams, report: QuantizeReport, ctx) -> None:
+    from core import atomic
+    from core.quant.artifact import save_quantized
+
+    ctx.stage(f"Saving to {params.output}")
+    meta = {"base_model": source.ref.to_dict(), "report": report.to_dict()}
+    folder = save_quantized(model, source.tokenizer, quantized, Path(params.output), meta)
+    atomic.write_json(folder / "report.json", report.to_dict())
+    report.output = str(folder)

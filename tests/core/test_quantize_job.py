@@ -1,0 +1,94 @@
+"""The Quantize job end to end on a tiny model: report, size, perplexity, save and exact reload."""
+
+import json
+
+import pytest
+import torch
+
+from core.errors import InvalidSettings
+from core.jobs import JobContext, run_job
+from core.quant import job
+from core.quant.artifact import load_quantized
+
+FAST = {"eval_window": 32, "eval_max_tokens": 256}
+
+
+def test_rtn_report_and_exact_reload(tiny_loaded, tmp_path):
+    before = {k: v.clone() for k, v in tiny_loaded.model.state_dict().items()}
+    params = job.QuantizeParams(tiny_loaded, precision="int4", granularity="group", group_size=32,
+                                output=str(tmp_path / "int4"), **FAST)  # fmt: skip
+    report = run_job(job.run, params, JobContext())
+    assert len(report.layers) == 2 * 7  # q, k, v, o, gate, up, down in each of 2 blocks; no head
+    assert report.size_after_bytes < report.size_before_bytes
+    assert report.perplexity_before > 1 and report.perplexity_after > 1
+    assert all(layer.sqnr_db > 10 for layer in report.layers)
+    # the loaded model is untouched
+    assert all(torch.equal(v, tiny_loaded.model.state_dict()[k]) for k, v in before.items())
+    model, _, stored, meta = load_quantized(tmp_path / "int4")
+    ids = torch.tensor([[1, 5, 9, 12, 40]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, report.model(ids).logits)
+    assert meta["report"]["settings"]["scheme"] == "INT4 asymmetric group-32"
+    saved = json.loads((tmp_path / "int4" / "report.json").read_text())
+    assert saved["perplexity_after"] == pytest.approx(report.perplexity_after)
+
+
+def test_more_bits_lose_less(tiny_loaded):
+    errors = {}
+    for precision in ("int8", "int4", "int2"):
+        params = job.QuantizeParams(tiny_loaded, precision=precision, granularity="channel", **FAST)
+        report = run_job(job.run, params, JobContext())
+        errors[precision] = sum(layer.mse for layer in report.layers)
+    assert errors["int8"] < errors["int4"] < errors["int2"]
+
+
+def test_fp16_cast_and_kept_layers(tiny_loaded):
+    report = run_job(job.run, job.QuantizeParams(tiny_loaded, precision="bf16", **FAST), JobContext())
+    assert report.size_after_bytes == report.size_before_bytes // 2
+    kept = job.QuantizeParams(
+        tiny_loaded, precision="int4", keep_layers=("down_proj",), measure_perplexity=False
+    )
+    names = [layer.name for layer in run_job(job.run, kept, JobContext()).layers]
+    assert names and not any("down_proj" in n for n in names)
+
+
+def test_every_problem_is_listed(tiny_loaded):
+    bad = {"precision": "int5", "group_size": 48, "method": "awq", "observer": "entropy", "percentile": 10}
+    params = job.QuantizeParams(tiny_loaded, granularity="group", **bad)
+    with pytest.raises(InvalidSettings) as info:
+        run_job(job.run, params, JobContext())
+    assert len(info.value.problems) == 5
+
+
+def test_cli_quantize_json(tiny_model_dir, tmp_path, capsys):
+    from core import cli
+
+    args = ["--precision", "int8", "--granularity", "channel", "--eval-text", str(_text(tmp_path))]
+    code = cli.main(["quantize", str(tiny_model_dir), *args, "--output", str(tmp_path / "q"), "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    report = json.loads(out)
+    assert (
+        report["settings"]["scheme"] == "INT8 asymmetric per-channel"
+        and (tmp_path / "q" / "report.json").is_file()
+    )
+
+
+def _text(tmp_path):
+    from core.evaluate.perplexity import bundled_text
+
+    path = tmp_path / "eval.txt"
+    path.write_text(bundled_text("heldout"))
+    return path
+
+
+def test_gptq_with_mse_ranges_runs_and_reloads(tiny_loaded, tmp_path):
+    calibration = {"calibration_samples": 4, "calibration_seq_len": 32}
+    params = job.QuantizeParams(tiny_loaded, precision="int4", group_size=32, method="gptq", observer="mse",
+                                output=str(tmp_path / "g"), **calibration, **FAST)  # fmt: skip
+    report = run_job(job.run, params, JobContext())
+    assert report.settings["method"] == "gptq" and len(report.layers) == 14
+    model, _, _, _ = load_quantized(tmp_path / "g")
+    ids = torch.tensor([[3, 8, 13, 21]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, report.model(ids).logits)
