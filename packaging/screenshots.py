@@ -40,6 +40,23 @@ def shoot(window, name: str) -> None:
     print(f"saved {path.relative_to(ROOT)}")
 
 
+def inspect_worst_tensor(window) -> None:
+    """Inspect: sort by kurtosis, select the worst tensor, as the README's walk-through does."""
+    from PySide6.QtCore import Qt
+
+    from desktop.widgets.tensor_table import COLUMNS
+
+    window.show_step("inspect")
+    pane = window.current_pane()
+    if pane.table.current_name() is None:  # the first visit runs Inspect by itself
+        wait_for(pane.reportReady)
+    column = next(i for i, c in enumerate(COLUMNS) if c.title == "Excess kurtosis")
+    pane.table.view.sortByColumn(column, Qt.SortOrder.DescendingOrder)
+    pane.table.select_row(0)
+    wait_for(pane.detailShown, 60)
+    shoot(window, "inspect")
+
+
 def main() -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ["QUANTTUNE_NO_AUTOLOAD"] = "1"
@@ -64,13 +81,7 @@ def main() -> int:
     pane.ask_box.ask()
     wait_for(pane.ask_box.answerFinished, 120)
     shoot(window, "load")
-    for key in ("inspect",):
-        if window.sidebar.is_enabled(key):
-            window.show_step(key)
-            pane = window.current_pane()
-            if hasattr(pane, "screenshot_ready"):
-                wait_for(pane.screenshot_ready)
-            shoot(window, key)
+    inspect_worst_tensor(window)
     window.session.flush()
     app.quit()
     return 0
