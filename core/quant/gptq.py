@@ -27,6 +27,8 @@ needs the bare algorithm on CPU, producing its own QuantizedWeight.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from core.errors import QuantTuneError
@@ -46,11 +48,14 @@ def gptq_quantize(
     act_order: bool = True,
     name: str = "the layer",
     ranges: tuple[torch.Tensor, torch.Tensor] | None = None,
+    check_cancelled: Callable[[], None] | None = None,
 ) -> QuantizedWeight:
     """Quantize ``weight`` [rows, cols] with GPTQ, given H [cols, cols] of the layer's inputs.
 
     Returns codes, scales and zero points in the original column order; ``name`` only labels errors.
     ``ranges``: per-block (lo, hi) chosen by an observer (core.quant.weight_ranges); default min-max.
+    ``check_cancelled`` (e.g. JobContext.check_cancelled) runs before every block of columns: a wide
+    layer takes seconds on a busy CPU.
     """
     rows = as_rows(weight.detach()).float()
     hessian = _checked_hessian(hessian, rows.shape[1], name)
@@ -71,6 +76,7 @@ def gptq_quantize(
         ranges.zero.t().float().contiguous().index_select(0, group_of),
         qrange(scheme.bits, scheme.symmetric),
         block_size,
+        check_cancelled or (lambda: None),
     )
     codes = codes_t.index_select(0, torch.argsort(order)).t()
     return QuantizedWeight(codes.to(ranges.codes.dtype).contiguous(), ranges.scale, ranges.zero, scheme)
@@ -142,6 +148,7 @@ def _quantize_columns(
     zero_t: torch.Tensor,
     qbounds: tuple[int, int],
     block_size: int,
+    check_cancelled: Callable[[], None],
 ) -> torch.Tensor:
     """The GPTQ pass over the columns (here: rows of ``weight_t``, which it overwrites)."""
     qmin, qmax = qbounds
@@ -152,6 +159,7 @@ def _quantize_columns(
     # indexing a tensor costs as much as the arithmetic.
     weights, scales, zeros, codes = (t.unbind(0) for t in (weight_t, scale_t, zero_t, codes_t))
     for start in range(0, weight_t.shape[0], block_size):
+        check_cancelled()
         end = min(start + block_size, weight_t.shape[0])
         errors = torch.empty_like(weight_t[start:end])
         # The block of U transposed: the coefficients that column i needs form a contiguous row.

@@ -155,6 +155,14 @@ def test_a_hessian_that_cannot_be_factored_names_the_layer():
         gptq_quantize(weight, torch.full((32, 32), float("nan")), Scheme(4, True, "channel"))
 
 
+def test_a_long_layer_checks_for_cancel_between_column_blocks():
+    weight, _, hessian = correlated_layer()
+    ctx = JobContext()
+    ctx.cancel()
+    with pytest.raises(Cancelled):
+        gptq_quantize(weight, hessian, Scheme(4, True, "channel"), check_cancelled=ctx.check_cancelled)
+
+
 def test_layer_output_error_is_the_mean_squared_output_difference():
     weight, x, _ = correlated_layer(rows=4, cols=8, tokens=10)
     other = weight + 0.01
@@ -269,6 +277,11 @@ def test_the_head_when_included_is_calibrated_last(tiny_tokenizer, tiny_data):
     layers = linear_layers(model, include_head=True)
     quantize_sequential(model, tiny_data[0], record, JobContext(), needs_hessian=True, layers=layers)
     assert names[-1] == "lm_head" and len(names) == 15
+
+
+def test_gptq_without_calibration_data_is_a_clear_error(tiny_tokenizer):
+    with pytest.raises(QuantTuneError, match="calibration data"):
+        quantize_sequential(build_tiny_model(tiny_tokenizer), None, gptq_layer(), JobContext(), True)
 
 
 def test_without_hessians_no_activations_are_needed(tiny_tokenizer):
