@@ -14,6 +14,7 @@ The last three work on a histogram of the values, so memory stays fixed however 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -57,7 +58,7 @@ class MovingAverageObserver(MinMaxObserver):
             self.hi += self.c * (hi - self.hi)
 
 
-class _HistogramObserver:
+class _HistogramObserver(ABC):
     """A histogram of the values over a range that grows (by re-binning) as data arrives."""
 
     def __init__(self, bins: int = HIST_BINS) -> None:
@@ -95,8 +96,9 @@ class _HistogramObserver:
         _require_data(self.lo)
         return self._choose(bits, symmetric)
 
+    @abstractmethod
     def _choose(self, bits: int, symmetric: bool) -> Range:
-        raise NotImplementedError  # each subclass defines how it chooses
+        """How this observer turns its histogram into a range."""
 
 
 class PercentileObserver(_HistogramObserver):
