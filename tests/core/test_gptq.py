@@ -16,6 +16,7 @@ from core.errors import Cancelled, QuantTuneError
 from core.jobs import JobContext
 from core.quant.affine import Scheme, qrange
 from core.quant.calibration import (
+    TOKENS_PER_CHUNK,
     calibration_batches,
     decoder_blocks,
     linear_layers,
@@ -263,6 +264,38 @@ def test_layers_go_in_forward_order_and_readers_of_one_input_share_its_hessian(t
     assert h["model.layers.0.mlp.gate_proj"] is h["model.layers.0.mlp.up_proj"]
     assert h["model.layers.0.mlp.down_proj"].shape == (64, 64)
     assert torch.allclose(h["model.layers.0.mlp.down_proj"], h["model.layers.0.mlp.down_proj"].t())
+
+
+def test_each_layer_is_calibrated_on_the_model_quantized_up_to_it(tiny_tokenizer):
+    # Whatever is quantized after a layer lies downstream of it, so the finished model must give
+    # every layer the very inputs (hence H) that it was calibrated on.
+    seen = {}
+
+    def record(name, linear, hessian):
+        seen[name] = hessian.clone()
+        return gptq_layer()(name, linear, hessian)
+
+    batches = calibration_batches(tiny_tokenizer, words(3, count=4000), 40, 64)
+    assert batches.numel() > TOKENS_PER_CHUNK  # several chunks: their order and sums count too
+    model = build_tiny_model(tiny_tokenizer)
+    quantize_sequential(model, batches, record, JobContext(), needs_hessian=True)
+    sums = {}
+
+    def gram(name):
+        def hook(module, args):
+            x = args[0].reshape(-1, args[0].shape[-1])
+            sums[name] = sums.get(name, 0) + 2 / x.shape[0] * x.t() @ x
+
+        return hook
+
+    handles = [linear.register_forward_pre_hook(gram(name)) for name, linear in linear_layers(model).items()]
+    with torch.no_grad():
+        model(batches)
+    for handle in handles:
+        handle.remove()
+    assert sorted(sums) == sorted(seen)
+    for name, hessian in seen.items():
+        assert torch.allclose(hessian, sums[name], rtol=1e-4, atol=1e-6), name
 
 
 def test_the_head_when_included_is_calibrated_last(tiny_tokenizer, tiny_data):
