@@ -156,7 +156,9 @@ def _quantize_int(model, tokenizer, params: QuantizeParams, ctx) -> dict:
         lo, hi = weight_ranges(rows, scheme, params.observer, params.percentile)
         if hessian is None:
             return quantize_with_ranges(rows, lo, hi, scheme)
-        return gptq.gptq_quantize(rows, hessian, scheme, ranges=(lo, hi), name=name)
+        return gptq.gptq_quantize(
+            rows, hessian, scheme, ranges=(lo, hi), name=name, check_cancelled=ctx.check_cancelled
+        )
 
     batches = None
     if params.method == "gptq":
