@@ -17,7 +17,7 @@ from typing import Any
 from core import atomic, paths
 from core.errors import ProjectError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 PROJECT_FILE = "project.json"
 ARTIFACTS_DIR = "artifacts"
 STEPS = (
@@ -61,6 +61,32 @@ class InspectSettings:
 
 
 @dataclass
+class QuantizeSettings:
+    """The Precision & symmetry and Calibrate steps: what to quantize, how, and on which data.
+
+    ``symmetric`` None follows the Inspect step's recommendation (the scheme most of the
+    tensors were recommended). ``overrides`` keeps chosen layers at other precisions
+    (layer name -> "int8" | "fp16" | "fp32"). Empty file paths mean the bundled texts.
+    """
+
+    precision: str = "int4"
+    symmetric: bool | None = None
+    granularity: str = "group"
+    group_size: int = 64
+    activations: bool = False  # W8A8: inputs of the quantized layers too, static ranges
+    include_head: bool = False
+    overrides: dict[str, str] = field(default_factory=dict)
+    budget_mb: float = 0.0  # > 0: choose bits per layer to fit this size (mixed precision)
+    method: str = "gptq"
+    observer: str = "mse"
+    percentile: float = 99.99
+    calibration_file: str = ""
+    calibration_samples: int = 16
+    calibration_seq_len: int = 512
+    eval_file: str = ""
+
+
+@dataclass
 class Project:
     name: str
     folder: Path
@@ -68,8 +94,9 @@ class Project:
     modified: str = field(default_factory=_now)
     load: LoadSettings = field(default_factory=LoadSettings)
     inspect: InspectSettings = field(default_factory=InspectSettings)
+    quantize: QuantizeSettings = field(default_factory=QuantizeSettings)
     step_status: dict[str, str] = field(default_factory=dict)  # step -> "done" | "stale"
-    runs: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)  # see core.quant.runs
     notes: str = ""
 
     @property
@@ -87,7 +114,8 @@ class Project:
         known.pop("folder", None)
         load = _settings(LoadSettings, known.pop("load", None))
         inspect = _settings(InspectSettings, known.pop("inspect", None))
-        project = cls(folder=folder, load=load, inspect=inspect, **known)
+        quantize = _settings(QuantizeSettings, known.pop("quantize", None))
+        project = cls(folder=folder, load=load, inspect=inspect, quantize=quantize, **known)
         _check_types(project)
         return project
 
@@ -139,7 +167,13 @@ def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3}
+def _v3_to_v4(data: dict[str, Any]) -> dict[str, Any]:
+    # v4 added the Precision & symmetry and Calibrate steps' settings; their defaults apply.
+    data.setdefault("quantize", asdict(QuantizeSettings()))
+    return data
+
+
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ calibration data) → measure again → save. The loaded model itself is never c
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ from core.quant.weight_ranges import WEIGHT_OBSERVERS
 INT_PRECISIONS = {"int8": 8, "int4": 4, "int3": 3, "int2": 2}
 FLOAT_PRECISIONS = {"fp16": 16, "bf16": 16}
 METHODS = ("rtn", "gptq")
+LAYER_PRECISIONS = (*INT_PRECISIONS, "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class QuantizeParams:
     percentile: float = 99.99
     include_head: bool = False
     keep_layers: tuple[str, ...] = ()  # layers whose name contains one of these stay in FP32
+    # (layer name, precision) pairs: these layers at another precision than the rest
+    # ("int8", "int4", "int3", "int2" with the same scheme; "fp16"; "fp32" = left as it is)
+    overrides: tuple[tuple[str, str], ...] = ()
     calibration_text: str = field(default="", repr=False)  # empty: the bundled calibration text
     calibration_samples: int = 21
     calibration_seq_len: int = 512
@@ -63,6 +68,10 @@ class QuantizeParams:
             problems.append("GPTQ needs at least one calibration sample of 16 tokens or more")
         if self.output and self.precision in FLOAT_PRECISIONS:
             problems.append("FP16/BF16 results are measured, not saved: leave the output folder empty")
+        for name, precision in self.overrides:
+            if precision not in LAYER_PRECISIONS:
+                problems.append(f"layer {name}: unknown precision {precision!r} "
+                                f"(choose {', '.join(LAYER_PRECISIONS)})")  # fmt: skip
         if not 50.0 < self.percentile < 100.0:
             problems.append("the percentile must lie between 50 and 100")
         return problems
@@ -72,6 +81,12 @@ class QuantizeParams:
         return Scheme(
             INT_PRECISIONS.get(self.precision, 8), self.symmetric, self.granularity, self.group_size
         )
+
+    def layer_precision(self, name: str) -> str:
+        """The precision one layer gets: its override, FP32 when kept, else the model's."""
+        if any(k and k in name for k in self.keep_layers):
+            return "fp32"
+        return dict(self.overrides).get(name, self.precision)
 
 
 @dataclass
@@ -125,7 +140,7 @@ def run(params: QuantizeParams, ctx) -> QuantizeReport:
         quantized, names = {}, _cast(model, params.precision)
     else:
         quantized = _quantize_int(model, source.tokenizer, params, ctx)
-        names = list(quantized)
+        names = list(_linear_names(model, params))
     layers = _layer_reports(source.model, model, names, params)
     ppl_after = _perplexity(model, source.tokenizer, params, ctx, "after")
     before, after = _sizes(source.model, quantized, params)
@@ -148,10 +163,12 @@ def _quantize_int(model, tokenizer, params: QuantizeParams, ctx) -> dict:
     from core.quant.weight_ranges import weight_ranges
 
     layers = calibration.linear_layers(model, include_head=params.include_head)
-    layers = {n: m for n, m in layers.items() if not any(k and k in n for k in params.keep_layers)}
+    _cast_layers(model, [n for n in layers if params.layer_precision(n) == "fp16"], "fp16")
+    layers = {n: m for n, m in layers.items() if params.layer_precision(n) in INT_PRECISIONS}
     scheme = params.scheme
 
     def quantize_layer(name, linear, hessian):
+        scheme = dataclasses.replace(params.scheme, bits=INT_PRECISIONS[params.layer_precision(name)])
         rows = as_rows(linear.weight.detach().float())
         lo, hi = weight_ranges(rows, scheme, params.observer, params.percentile)
         if hessian is None:
@@ -177,22 +194,45 @@ def _cast(model, precision: str) -> list[str]:
     """FP16/BF16: every floating weight rounded to the half format (computed back in FP32)."""
     import torch
 
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    names = []
+    names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
     with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear):
-                module.weight.copy_(module.weight.to(dtype).float())
-                names.append(name)
         for param in model.parameters():
-            param.copy_(param.to(dtype).float())
+            param.copy_(param.to(_HALF[precision]).float())
     return names
+
+
+def _cast_layers(model, names: list[str], precision: str) -> None:
+    import torch
+
+    with torch.no_grad():
+        for name in names:
+            weight = model.get_submodule(name).weight
+            weight.copy_(weight.to(_HALF[precision]).float())
+
+
+class _Half(dict):
+    def __missing__(self, key):
+        import torch
+
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}[key]
+
+
+_HALF = _Half()  # precision -> torch dtype, without importing torch at module import
+
+
+def _linear_names(model, params: QuantizeParams) -> list[str]:
+    from core.quant.calibration import linear_layers
+
+    return list(linear_layers(model, include_head=params.include_head))
+
+
+PRECISION_BITS = {**INT_PRECISIONS, **FLOAT_PRECISIONS, "fp32": 32}
 
 
 def _layer_reports(original, quantized_model, names: list[str], params: QuantizeParams) -> list[LayerReport]:
     reports = []
-    bits = INT_PRECISIONS.get(params.precision) or FLOAT_PRECISIONS[params.precision]
     for name in names:
+        bits = PRECISION_BITS[params.layer_precision(name)]
         w = original.get_submodule(name).weight
         w_hat = quantized_model.get_submodule(name).weight
         error = quant_error(w.detach(), w_hat.detach())
@@ -225,9 +265,11 @@ def _sizes(model, quantized: dict, params: QuantizeParams) -> tuple[int, int]:
     before = _parameters(model) * 4
     if params.precision in FLOAT_PRECISIONS:
         return before, before // 2
+    halves = [n for n in _linear_names(model, params) if params.layer_precision(n) == "fp16"]
+    half = sum(model.get_submodule(name).weight.numel() for name in halves)
     replaced = sum(model.get_submodule(name).weight.numel() for name in quantized)
-    kept = _parameters(model) - replaced
-    return before, kept * 4 + sum(q.nbytes_packed for q in quantized.values())
+    kept = _parameters(model) - replaced - half
+    return before, kept * 4 + half * 2 + sum(q.nbytes_packed for q in quantized.values())
 
 
 def _save(model, source, quantized: dict, params: QuantizeParams, report: QuantizeReport, ctx) -> None:

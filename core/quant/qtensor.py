@@ -51,7 +51,9 @@ class QuantizedWeight:
     def nbytes_packed(self) -> int:
         """Size with codes packed at ``bits`` per weight (how a deployment would store them)."""
         code_bits = self.codes.numel() * self.scheme.bits
-        scale_bits = self.scale.numel() * 16 * (1 if self.scheme.symmetric else 2)
+        # per-tensor: every row holds a copy of the one (S, Z); a deployment stores it once
+        pairs = 1 if self.scheme.granularity == "tensor" else self.scale.numel()
+        scale_bits = pairs * 16 * (1 if self.scheme.symmetric else 2)
         return math.ceil((code_bits + scale_bits) / 8)
 
 

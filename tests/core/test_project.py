@@ -162,3 +162,19 @@ def test_migrates_version_2_adds_inspect_defaults(tmp_path):
     assert project.load_project(tmp_path).inspect.recommended == {
         "w": {"symmetric": True, "granularity": "channel"}
     }
+
+
+def test_migrates_version_3_adds_quantize_defaults(tmp_path):
+    (tmp_path / "project.json").write_text(
+        json.dumps({"schema_version": 3, "name": "v3", "inspect": {"bits": 8, "recommended": {}}})
+    )
+    p = project.load_project(tmp_path)
+    assert p.inspect.bits == 8
+    assert (p.quantize.precision, p.quantize.granularity, p.quantize.group_size) == ("int4", "group", 64)
+    assert p.quantize.symmetric is None and p.quantize.overrides == {}
+    p.quantize.overrides["model.layers.0.mlp.down_proj"] = "int8"
+    p.quantize.symmetric = False
+    project.save_project(p)
+    again = project.load_project(tmp_path)
+    assert again.quantize.overrides == {"model.layers.0.mlp.down_proj": "int8"}
+    assert again.quantize.symmetric is False

@@ -48,8 +48,9 @@ def test_fp16_cast_and_kept_layers(tiny_loaded):
     kept = job.QuantizeParams(
         tiny_loaded, precision="int4", keep_layers=("down_proj",), measure_perplexity=False
     )
-    names = [layer.name for layer in run_job(job.run, kept, JobContext()).layers]
-    assert names and not any("down_proj" in n for n in names)
+    layers = run_job(job.run, kept, JobContext()).layers
+    assert layers and all((layer.bits == 32) == ("down_proj" in layer.name) for layer in layers)
+    assert all(layer.mse == 0.0 for layer in layers if layer.bits == 32)  # left as they were
 
 
 def test_every_problem_is_listed(tiny_loaded):
@@ -92,3 +93,29 @@ def test_gptq_with_mse_ranges_runs_and_reloads(tiny_loaded, tmp_path):
     ids = torch.tensor([[3, 8, 13, 21]])
     with torch.no_grad():
         assert torch.equal(model(ids).logits, report.model(ids).logits)
+
+
+def test_layer_overrides_keep_chosen_layers_at_other_precisions(tiny_loaded, tmp_path):
+    down, up = "model.layers.0.mlp.down_proj", "model.layers.1.mlp.up_proj"
+    overrides = ((down, "int8"), (up, "fp32"))
+    params = job.QuantizeParams(tiny_loaded, precision="int4", granularity="group", group_size=32,
+                                overrides=overrides, output=str(tmp_path / "mixed"), **FAST)  # fmt: skip
+    report = run_job(job.run, params, JobContext())
+    bits = {layer.name: layer.bits for layer in report.layers}
+    assert bits[down] == 8 and bits[up] == 32 and bits["model.layers.0.mlp.up_proj"] == 4
+    by_name = {layer.name: layer for layer in report.layers}
+    assert by_name[up].mse == 0.0  # left as it was
+    plain = run_job(job.run, job.QuantizeParams(tiny_loaded, precision="int4", group_size=32, **FAST),
+                    JobContext())  # fmt: skip
+    assert report.size_after_bytes > plain.size_after_bytes  # 8 and 32 bits cost more than 4
+    model, _, stored, _ = load_quantized(tmp_path / "mixed")
+    assert stored[down].scheme.bits == 8 and up not in stored
+    ids = torch.tensor([[1, 5, 9, 12, 40]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, report.model(ids).logits)
+
+
+def test_unknown_layer_precision_is_refused(tiny_loaded):
+    params = job.QuantizeParams(tiny_loaded, overrides=(("model.layers.0.mlp.down_proj", "int5"),))
+    with pytest.raises(InvalidSettings, match="int5"):
+        run_job(job.run, params, JobContext())

@@ -1,0 +1,115 @@
+"""Quantize runs of a project: each saved in its own folder under artifacts/quantized/, with a
+short record in ``Project.runs`` so runs can be compared side by side without reading the models.
+
+A record is a plain dict (it lives in project.json):
+``{"id", "kind": "quantize", "created", "label", "folder" (relative to the project), "summary"}``.
+The full report (every layer's error) is the folder's report.json.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from core.errors import QuantTuneError
+
+KIND = "quantize"
+RUNS_DIR = "quantized"
+SUMMARY_KEYS = (
+    "size_before_bytes",
+    "size_after_bytes",
+    "bits_per_weight",
+    "perplexity_before",
+    "perplexity_after",
+    "seconds",
+)
+
+
+def new_run_folder(project: Any, settings: dict[str, Any]) -> tuple[str, Path]:
+    """A fresh run id and the (not yet existing) folder the job should save into."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    base = f"{stamp}-{settings.get('precision', 'q')}-{settings.get('method', '')}".rstrip("-")
+    root = project.artifacts / RUNS_DIR
+    run_id, n = base, 2
+    while (root / run_id).exists() or any(r.get("id") == run_id for r in project.runs):
+        run_id, n = f"{base}-{n}", n + 1
+    return run_id, root / run_id
+
+
+def label(settings: dict[str, Any]) -> str:
+    """A short name for a run: "INT4 asymmetric group-64 · GPTQ · MSE"."""
+    precision = settings.get("precision", "")
+    if precision in ("fp16", "bf16", "nf4", "fp4"):
+        head = precision.upper()
+    else:
+        head = settings.get("scheme", precision.upper())
+    parts = [head, settings.get("method", "").upper()]
+    if settings.get("method") in ("rtn", "gptq", "awq"):
+        parts.append(settings.get("observer", "").replace("_", " "))
+    if settings.get("activations"):
+        parts.append("W8A8")
+    return " · ".join(p for p in parts if p)
+
+
+def record_run(project: Any, run_id: str, report: dict[str, Any]) -> dict[str, Any]:
+    """Add the finished run to the project (the caller saves the project)."""
+    folder = Path(report.get("output") or project.artifacts / RUNS_DIR / run_id)
+    record = {
+        "id": run_id,
+        "kind": KIND,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "label": label(report["settings"]),
+        "folder": _relative(folder, project.folder),
+        "settings": _plain(report["settings"]),
+        "summary": {k: report.get(k) for k in SUMMARY_KEYS},
+    }
+    project.runs.append(record)
+    return record
+
+
+def quantize_runs(project: Any) -> list[dict[str, Any]]:
+    return [r for r in project.runs if r.get("kind") == KIND]
+
+
+def run_path(project: Any, record: dict[str, Any]) -> Path:
+    folder = Path(record["folder"])
+    return folder if folder.is_absolute() else project.folder / folder
+
+
+def read_report(project: Any, record: dict[str, Any]) -> dict[str, Any]:
+    path = run_path(project, record) / "report.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise QuantTuneError(
+            f"The run {record['label']} has no readable report ({path}: {exc}).",
+            "Its folder was moved or damaged: delete the run and quantize again.",
+        ) from exc
+
+
+def delete_run(project: Any, run_id: str) -> None:
+    """Forget the run and remove its folder (renamed first, so no half-deleted model looks valid)."""
+    record = next((r for r in project.runs if r.get("id") == run_id), None)
+    if record is None:
+        return
+    folder = run_path(project, record)
+    project.runs.remove(record)
+    if folder.exists():
+        trash = folder.with_name(f".{folder.name}.deleting")
+        folder.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _relative(folder: Path, root: Path) -> str:
+    try:
+        return str(folder.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(folder)  # saved outside the project: keep the absolute path
+
+
+def _plain(settings: dict[str, Any]) -> dict[str, Any]:
+    """JSON-safe settings (tuples become lists)."""
+    return json.loads(json.dumps(settings, default=str))
