@@ -73,7 +73,13 @@ def render(step: str, numbers: dict[str, Any] | None = None) -> str:
     numbers = numbers or {}
     text = resources.files("resources").joinpath("learn", f"{step}.html").read_text("utf-8")
     block = _BLOCKS.get(step)
+    # Plain values fill same-named placeholders (escaped); a step's block fills $numbers.
+    values = {k: html.escape(str(v)) for k, v in numbers.items() if isinstance(v, str | int | float)}
+    defaults = {k: "…" for k in _placeholders(text)}
     return Template(text).safe_substitute(
-        numbers=block(numbers) if block else "",
-        group=INT_GROUP_SIZE,
+        {**defaults, **values, "numbers": block(numbers) if block else "", "group": INT_GROUP_SIZE}
     )
+
+
+def _placeholders(text: str) -> set[str]:
+    return {m.group("named") or m.group("braced") for m in Template.pattern.finditer(text)} - {None}

@@ -61,6 +61,7 @@ class Session(QObject):
         self.runner = runner
         self.settings = app_settings.load_settings()
         self.project: projects.Project | None = None
+        self._scratch_quantize = projects.QuantizeSettings()  # used while no project is open
         self.model: Any = None  # core.models.loading.LoadedModel
         self.devices: list = []
         self.save_state = "none"
@@ -91,6 +92,11 @@ class Session(QObject):
         self.deviceChanged.emit(self.device)
         self.apply_project_model()
         return project
+
+    @property
+    def quantize_settings(self) -> projects.QuantizeSettings:
+        """The Precision and Calibrate steps' settings: the project's, else this session's."""
+        return self.project.quantize if self.project is not None else self._scratch_quantize
 
     def close_project(self) -> None:
         self.flush()

@@ -14,6 +14,7 @@ from PySide6.QtWidgets import QWidget
 
 from desktop.panes.inspect_pane import InspectPane
 from desktop.panes.load_pane import LoadPane
+from desktop.panes.precision_pane import PrecisionPane
 from desktop.session import Session
 
 
@@ -27,7 +28,7 @@ class StepSpec:
 STEPS: tuple[StepSpec, ...] = (
     StepSpec("load", "Load model", LoadPane),
     StepSpec("inspect", "Inspect weights", InspectPane),
-    StepSpec("precision", "Precision & symmetry", None),
+    StepSpec("precision", "Precision & symmetry", PrecisionPane),
     StepSpec("calibrate", "Calibrate", None),
     StepSpec("method", "Fine-tuning method", None),
     StepSpec("train", "Train", None),

@@ -1,7 +1,8 @@
 """From the project's Quantize settings to a job: defaults from the Inspect step, the size the
 result will have (before running anything), and the QuantizeParams the job runs with.
 
-Light on imports: the Precision pane calls ``estimate_size`` on every edit, from the GUI thread.
+Light on imports (no torch until a model is measured): the Precision pane reads the
+recommendation at window start and calls ``estimate_size`` on every edit, in the GUI thread.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.quant.affine import Scheme
+if TYPE_CHECKING:
+    from core.quant.affine import Scheme
 
 # Bits per weight of each precision's codes (scales and zero points are added per scheme).
 CODE_BITS = {
@@ -75,6 +77,8 @@ def _layer_bits(precision: str, shape: tuple[int, ...], scheme: Scheme, bnb: boo
     if precision == "int8" and bnb:  # LLM.int8(): one FP32 scale per row
         return code + 32 / shape[-1]
     if precision.startswith("int"):
+        from core.quant.affine import Scheme
+
         return code + Scheme(code, scheme.symmetric, scheme.granularity, scheme.group_size).overhead_bits(
             shape
         )
@@ -87,6 +91,8 @@ def estimate_size(model: Any, settings: Any, recommended: dict | None = None) ->
     Linear layers (the LM head only when included) take their precision's bits plus the
     scales and zero points of the scheme; everything else stays FP32 (FP16/BF16 casts: all of it).
     """
+    from core.quant.affine import Scheme
+
     scheme = Scheme(8, symmetric_of(settings, recommended or {}), settings.granularity, settings.group_size)
     linears = quantizable_layers(model, settings.include_head)
     parameters = sum(p.numel() for p in model.parameters())
