@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from PySide6.QtWidgets import QWidget
 
+from desktop.panes.calibrate_pane import CalibratePane
 from desktop.panes.inspect_pane import InspectPane
 from desktop.panes.load_pane import LoadPane
 from desktop.panes.precision_pane import PrecisionPane
@@ -29,7 +30,7 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("load", "Load model", LoadPane),
     StepSpec("inspect", "Inspect weights", InspectPane),
     StepSpec("precision", "Precision & symmetry", PrecisionPane),
-    StepSpec("calibrate", "Calibrate", None),
+    StepSpec("calibrate", "Calibrate", CalibratePane),
     StepSpec("method", "Fine-tuning method", None),
     StepSpec("train", "Train", None),
     StepSpec("evaluate", "Evaluate", None),

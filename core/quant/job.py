@@ -21,7 +21,8 @@ from core.quant.weight_ranges import WEIGHT_OBSERVERS
 
 INT_PRECISIONS = {"int8": 8, "int4": 4, "int3": 3, "int2": 2}
 FLOAT_PRECISIONS = {"fp16": 16, "bf16": 16}
-METHODS = ("rtn", "gptq")
+BNB_PRECISIONS = {"nf4": 4, "fp4": 4, "int8": 8}  # with method "bitsandbytes"
+METHODS = ("rtn", "gptq", "bitsandbytes")
 LAYER_PRECISIONS = (*INT_PRECISIONS, "fp16", "fp32")
 
 
@@ -51,9 +52,10 @@ class QuantizeParams:
 
     def validate(self) -> list[str]:
         problems = []
-        if self.precision not in INT_PRECISIONS and self.precision not in FLOAT_PRECISIONS:
-            known = ", ".join([*INT_PRECISIONS, *FLOAT_PRECISIONS])
-            problems.append(f"unknown precision {self.precision!r} (choose {known})")
+        known = {**INT_PRECISIONS, **FLOAT_PRECISIONS, **BNB_PRECISIONS}
+        if self.precision not in known:
+            problems.append(f"unknown precision {self.precision!r} (choose {', '.join(known)})")
+        problems += self._bnb_problems()
         if self.granularity not in GRANULARITIES:
             problems.append(f"granularity must be one of {', '.join(GRANULARITIES)}")
         if self.granularity == "group" and self.group_size not in (32, 64, 128, 256):
@@ -74,6 +76,20 @@ class QuantizeParams:
                                 f"(choose {', '.join(LAYER_PRECISIONS)})")  # fmt: skip
         if not 50.0 < self.percentile < 100.0:
             problems.append("the percentile must lie between 50 and 100")
+        return problems
+
+    def _bnb_problems(self) -> list[str]:
+        if self.precision in ("nf4", "fp4") and self.method != "bitsandbytes":
+            return [f"{self.precision.upper()} is a bitsandbytes data type: choose the method bitsandbytes"]
+        if self.method != "bitsandbytes":
+            return []
+        problems = []
+        if self.precision not in BNB_PRECISIONS:
+            problems.append("bitsandbytes quantizes to NF4, FP4 or INT8 (LLM.int8()) only")
+        if self.overrides or self.keep_layers:
+            problems.append(
+                "bitsandbytes quantizes every linear layer alike: remove the per-layer precisions"
+            )
         return problems
 
     @property
@@ -108,7 +124,9 @@ class QuantizeReport:
     perplexity_after: float | None
     seconds: float
     output: str = ""
+    fingerprint: dict[str, Any] | None = None  # see core.quant.runs.output_fingerprint
     model: Any = field(default=None, repr=False, compare=False)  # the quantized model, in memory
+    quantized: dict | None = field(default=None, repr=False, compare=False)  # layer -> QuantizedWeight
 
     @property
     def bits_per_weight(self) -> float:
@@ -119,7 +137,8 @@ class QuantizeReport:
         return self.settings.get("parameters", 0)
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in ("model", "layers")}
+        skip = ("model", "quantized", "layers")
+        data = {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in skip}
         data["bits_per_weight"] = self.bits_per_weight
         data["layers"] = [_finite(asdict(layer)) for layer in self.layers]
         return data
@@ -133,28 +152,61 @@ def _finite(row: dict) -> dict:
 def run(params: QuantizeParams, ctx) -> QuantizeReport:
     started = time.monotonic()
     source = params.loaded
+    ppl_before = _perplexity(source.model, source.tokenizer, params, ctx, "before")
+    bnb = params.method == "bitsandbytes"
+    model, quantized, layers, after = (_quantize_bnb if bnb else _quantize_affine)(params, ctx)
+    ppl_after = _perplexity(model, source.tokenizer, params, ctx, "after")
+    settings = {
+        k: v for k, v in asdict(params).items() if k not in ("loaded", "calibration_text", "eval_text")
+    }
+    scheme = f"bitsandbytes {params.precision.upper()}" if bnb else params.scheme.label
+    settings.update(model=source.card.name, parameters=_parameters(source.model), scheme=scheme)
+    report = QuantizeReport(
+        settings,
+        layers,
+        _parameters(source.model) * 4,
+        after,
+        ppl_before,
+        ppl_after,
+        time.monotonic() - started,
+    )
+    if params.output:
+        from core.quant.runs import output_fingerprint
+
+        report.fingerprint = output_fingerprint(model, source.tokenizer)
+        (_save_bnb if bnb else _save)(model, source, quantized, params, report, ctx)
+    report.model, report.quantized = model, quantized  # for the S and Z view, "Ask", evaluation
+    return report
+
+
+def _quantize_affine(params: QuantizeParams, ctx):
+    """Integer (RTN, GPTQ) or FP16/BF16: (model, {layer: QuantizedWeight}, layer reports, bytes)."""
+    source = params.loaded
     ctx.stage("Copying the model (the loaded one stays as it is)")
     model = copy.deepcopy(source.model)
-    ppl_before = _perplexity(source.model, source.tokenizer, params, ctx, "before")
     if params.precision in FLOAT_PRECISIONS:
         quantized, names = {}, _cast(model, params.precision)
     else:
         quantized = _quantize_int(model, source.tokenizer, params, ctx)
         names = list(_linear_names(model, params))
     layers = _layer_reports(source.model, model, names, params)
-    ppl_after = _perplexity(model, source.tokenizer, params, ctx, "after")
-    before, after = _sizes(source.model, quantized, params)
-    settings = {
-        k: v for k, v in asdict(params).items() if k not in ("loaded", "calibration_text", "eval_text")
-    }
-    settings.update(model=source.card.name, parameters=_parameters(source.model), scheme=params.scheme.label)
-    report = QuantizeReport(
-        settings, layers, before, after, ppl_before, ppl_after, time.monotonic() - started
-    )
-    if params.output:
-        _save(model, source, quantized, params, report, ctx)
-    report.model = model  # for "Ask the model" and evaluation
-    return report
+    return model, quantized, layers, _sizes(source.model, quantized, params)[1]
+
+
+def _quantize_bnb(params: QuantizeParams, ctx):
+    """bitsandbytes LLM.int8() / NF4 / FP4 layers: real memory savings when the model runs."""
+    from core.quant import bnb
+
+    source = params.loaded
+    skip = () if params.include_head else ("lm_head",)
+    result = bnb.quantize_bnb(source.model, source.tokenizer, params.precision, skip_modules=skip, ctx=ctx)
+    layers = []
+    for name in result.layers:
+        original = source.model.get_submodule(name).weight.detach()
+        error = quant_error(original, result.dequantized_weight(name).reshape(original.shape))
+        bits = BNB_PRECISIONS[params.precision]
+        layers.append(LayerReport(name, original.numel(), error.mse, error.sqnr_db, bits))
+    return result.model, None, layers, result.weights_bytes
 
 
 def _quantize_int(model, tokenizer, params: QuantizeParams, ctx) -> dict:
@@ -279,5 +331,16 @@ def _save(model, source, quantized: dict, params: QuantizeParams, report: Quanti
     ctx.stage(f"Saving to {params.output}")
     meta = {"base_model": source.ref.to_dict(), "report": report.to_dict()}
     folder = save_quantized(model, source.tokenizer, quantized, Path(params.output), meta)
+    atomic.write_json(folder / "report.json", report.to_dict())
+    report.output = str(folder)
+
+
+def _save_bnb(model, source, _quantized, params: QuantizeParams, report: QuantizeReport, ctx) -> None:
+    from core import atomic
+    from core.quant.bnb import save_bnb
+
+    ctx.stage(f"Saving to {params.output}")
+    meta = {"base_model": source.ref.to_dict(), "report": report.to_dict()}
+    folder = save_bnb(model, source.tokenizer, Path(params.output), meta)
     atomic.write_json(folder / "report.json", report.to_dict())
     report.output = str(folder)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -113,3 +114,71 @@ def _relative(folder: Path, root: Path) -> str:
 def _plain(settings: dict[str, Any]) -> dict[str, Any]:
     """JSON-safe settings (tuples become lists)."""
     return json.loads(json.dumps(settings, default=str))
+
+
+# -- reloading a saved run ---------------------------------------------------------------------
+PROBE_TEXT = "Quantization maps each weight to the nearest level of a small grid."
+
+
+def output_fingerprint(model: Any, tokenizer: Any) -> dict[str, Any]:
+    """What the model answers on a fixed probe: a hash of its logits (bit-exact comparison)
+    and a few of them (to say how far apart two models are when the hashes differ)."""
+    import hashlib
+
+    import torch
+
+    ids = tokenizer(PROBE_TEXT, return_tensors="pt")["input_ids"] if tokenizer is not None else None
+    if ids is None:
+        ids = torch.arange(1, 17).reshape(1, -1)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = model(ids.to(device)).logits[0].float().cpu().contiguous()
+    return {
+        "sha256": hashlib.sha256(logits.numpy().tobytes()).hexdigest(),
+        "sample": logits[-1, :64].tolist(),
+    }
+
+
+@dataclass(frozen=True)
+class ReloadParams:
+    folder: Path
+
+    def validate(self) -> list[str]:
+        return [] if Path(self.folder).is_dir() else [f"the run's folder {self.folder} is missing"]
+
+
+@dataclass
+class Reloaded:
+    model: Any
+    tokenizer: Any
+    quantized: dict  # layer -> QuantizedWeight
+    meta: dict[str, Any]
+    identical: bool | None  # outputs equal, bit for bit, to when it was quantized (None: unknown)
+    max_difference: float | None
+
+
+def reload_run(params: ReloadParams, ctx: Any) -> Reloaded:
+    """Load a saved run and check that it answers exactly as it did when it was quantized."""
+    from core.quant import artifact, bnb
+
+    folder = Path(params.folder)
+    ctx.stage(f"Loading {folder.name}")
+    if _format_of(folder) == bnb.FORMAT:
+        (model, tokenizer, meta), quantized = bnb.load_bnb(folder), None
+    else:
+        model, tokenizer, quantized, meta = artifact.load_quantized(folder)
+    ctx.check_cancelled()
+    expected = meta.get("report", {}).get("fingerprint")
+    if not expected:
+        return Reloaded(model, tokenizer, quantized, meta, None, None)
+    ctx.stage("Checking its outputs against the ones recorded when it was quantized")
+    now = output_fingerprint(model, tokenizer)
+    difference = max(abs(a - b) for a, b in zip(now["sample"], expected["sample"], strict=True))
+    return Reloaded(model, tokenizer, quantized, meta, now["sha256"] == expected["sha256"], difference)
+
+
+def _format_of(folder: Path) -> str:
+    try:
+        return json.loads((folder / "quantization.json").read_text(encoding="utf-8")).get("format", "")
+    except (OSError, ValueError, AttributeError):
+        return ""  # the loader names the problem

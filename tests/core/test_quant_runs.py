@@ -43,3 +43,23 @@ def test_a_missing_report_names_the_run(tmp_path):
     with pytest.raises(QuantTuneError, match="INT4 · RTN") as caught:
         runs.read_report(p, record)
     assert "delete the run" in caught.value.fix
+
+
+def test_a_reloaded_run_answers_exactly_as_when_it_was_quantized(tiny_loaded, tmp_path):
+    params = job.QuantizeParams(
+        tiny_loaded, precision="int4", group_size=32, output=str(tmp_path / "r"), **FAST
+    )
+    report = run_job(job.run, params, JobContext())
+    assert report.fingerprint and set(report.quantized) == {layer.name for layer in report.layers}
+    reloaded = run_job(runs.reload_run, runs.ReloadParams(tmp_path / "r"), JobContext())
+    assert reloaded.identical is True and reloaded.max_difference == 0.0
+    assert set(reloaded.quantized) == set(report.quantized)
+    # a tampered file is noticed
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "r" / "quantized.safetensors"
+    tensors = load_file(path)
+    tensors["model.norm.weight"] = tensors["model.norm.weight"] * 1.5
+    save_file(tensors, path)
+    changed = run_job(runs.reload_run, runs.ReloadParams(tmp_path / "r"), JobContext())
+    assert changed.identical is False and changed.max_difference > 0

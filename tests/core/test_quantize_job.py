@@ -119,3 +119,30 @@ def test_unknown_layer_precision_is_refused(tiny_loaded):
     params = job.QuantizeParams(tiny_loaded, overrides=(("model.layers.0.mlp.down_proj", "int5"),))
     with pytest.raises(InvalidSettings, match="int5"):
         run_job(job.run, params, JobContext())
+
+
+@pytest.mark.parametrize("precision", ["nf4", "int8"])
+def test_bitsandbytes_runs_report_and_reload_exactly(tiny_loaded, tmp_path, precision):
+    from core.quant import runs
+
+    folder = tmp_path / precision
+    params = job.QuantizeParams(
+        tiny_loaded, precision=precision, method="bitsandbytes", output=str(folder), **FAST
+    )
+    report = run_job(job.run, params, JobContext())
+    assert len(report.layers) == 14 and all(layer.sqnr_db > 5 for layer in report.layers)
+    assert report.size_after_bytes < report.size_before_bytes and report.quantized is None
+    assert report.settings["scheme"] == f"bitsandbytes {precision.upper()}"
+    assert json.loads((folder / "config.json").read_text())["quantization_config"]
+    reloaded = run_job(runs.reload_run, runs.ReloadParams(folder), JobContext())
+    assert reloaded.identical is True and reloaded.quantized is None
+
+
+def test_bitsandbytes_settings_are_checked(tiny_loaded):
+    for bad, message in (
+        ({"precision": "nf4", "method": "rtn"}, "choose the method bitsandbytes"),
+        ({"precision": "int4", "method": "bitsandbytes"}, "NF4, FP4 or INT8"),
+        ({"precision": "int8", "method": "bitsandbytes", "overrides": (("x", "fp16"),)}, "per-layer"),
+    ):
+        with pytest.raises(InvalidSettings, match=message):
+            run_job(job.run, job.QuantizeParams(tiny_loaded, **bad), JobContext())
