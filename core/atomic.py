@@ -63,8 +63,11 @@ def write_json(path: Path, obj: Any) -> None:
 def staged_dir(target: Path) -> Iterator[Path]:
     """Yield a temp folder beside ``target``; on success it replaces ``target`` whole."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:  # e.g. a file where a parent folder should be
+        raise _storage_error(target, exc) from exc
     try:
         yield tmp
         old = None

@@ -178,3 +178,11 @@ def test_migrates_version_3_adds_quantize_defaults(tmp_path):
     again = project.load_project(tmp_path)
     assert again.quantize.overrides == {"model.layers.0.mlp.down_proj": "int8"}
     assert again.quantize.symmetric is False
+
+
+def test_a_staged_folder_under_a_file_is_a_storage_error(tmp_path):
+    from core.errors import StorageError
+
+    (tmp_path / "plain-file").write_text("x")
+    with pytest.raises(StorageError), atomic.staged_dir(tmp_path / "plain-file" / "out"):
+        pass
