@@ -4,7 +4,9 @@ Drives the app as a user would (new project, load the bundled model, ask it a qu
 enabled step) and saves window grabs to resources/screenshots/. Runs offscreen unless a display
 is set (e.g. under xvfb-run for a real X window).
 
-    python packaging/screenshots.py
+    python packaging/screenshots.py [--quantize]
+
+--quantize also shoots the Precision and Calibrate steps (quantizes the model twice: minutes).
 """
 
 from __future__ import annotations
@@ -57,6 +59,33 @@ def inspect_worst_tensor(window) -> None:
     shoot(window, "inspect")
 
 
+def precision_and_calibrate(window) -> None:
+    """Precision INT4 asymmetric group 64; Calibrate with GPTQ and the MSE observer; then an RTN
+    run to compare; the report, the S and Z of a chosen block, and the runs side by side."""
+    settings = window.session.quantize_settings
+    settings.precision, settings.symmetric, settings.granularity, settings.group_size = (
+        "int4",
+        False,
+        "group",
+        64,
+    )
+    window.show_step("precision")
+    shoot(window, "precision")
+    window.show_step("calibrate")
+    pane = window.current_pane()
+    for method in ("rtn", "gptq"):
+        settings.method, settings.observer = method, "mse"
+        pane.refresh()
+        handle = pane.quantize()
+        wait_for(handle.finished, 900)
+    shoot(window, "calibrate-report")
+    pane.tabs.setCurrentWidget(pane.scales_view)
+    pane.scales_view.show_block("model.layers.3.mlp.down_proj", 7, 2)
+    shoot(window, "calibrate-scales")
+    pane.tabs.setCurrentWidget(pane.runs_table)
+    shoot(window, "calibrate-runs")
+
+
 def main() -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ["QUANTTUNE_NO_AUTOLOAD"] = "1"
@@ -82,6 +111,8 @@ def main() -> int:
     wait_for(pane.ask_box.answerFinished, 120)
     shoot(window, "load")
     inspect_worst_tensor(window)
+    if "--quantize" in sys.argv:
+        precision_and_calibrate(window)
     window.session.flush()
     app.quit()
     return 0

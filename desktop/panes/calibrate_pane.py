@@ -128,21 +128,22 @@ class CalibratePane(QWidget):
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt override
         super().showEvent(event)
         self.report_view.ensure_plot()
-        self._fill()  # the Precision step may have changed the settings meanwhile
+        self.refresh()  # the Precision step may have changed the settings meanwhile
 
     # -- following the session ------------------------------------------------------------
     @Slot(object)
     def _on_project_changed(self, _project: Any) -> None:
-        self._fill()
+        self.refresh()
         self._refresh_runs()
         if self.shown_run_id is not None and self._record(self.shown_run_id) is None:
             self._show(None)  # the previous project's run
 
     @Slot(object)
     def _on_model_changed(self, _loaded: Any) -> None:
-        self._fill()
+        self.refresh()
 
-    def _fill(self) -> None:
+    def refresh(self) -> None:
+        """Mirror the session's settings again (the Precision step or a script changed them)."""
         s = self.session.quantize_settings
         allowed = methods_for(s.precision)
         if s.method not in allowed:
@@ -252,7 +253,7 @@ class CalibratePane(QWidget):
     @Slot()
     def _on_finished(self) -> None:
         self._handle = None
-        self._fill()
+        self.refresh()
 
     # -- showing a run ----------------------------------------------------------------------
     def _show(self, report: dict[str, Any] | None, run_id: str | None = None) -> None:

@@ -63,7 +63,7 @@ def test_gptq_then_rtn_side_by_side_and_reload_after_restart(qtbot, pane, tiny_m
     session.new_project("calibrated")
     load(qtbot, session, tiny_model_dir)
     configure(session, precision="int4", symmetric=False, method="gptq")
-    pane._fill()
+    pane.refresh()
     assert "INT4 asymmetric, groups of 32" in pane.plan_label.text()
     gptq = quantize(qtbot, pane)
     assert gptq["settings"]["method"] == "gptq" and len(gptq["layers"]) == 14
@@ -75,7 +75,7 @@ def test_gptq_then_rtn_side_by_side_and_reload_after_restart(qtbot, pane, tiny_m
     example = pane.scales_view.current_example
     assert example is not None and example.name == name and "S = (max − min)" in example.formulas[0]
     configure(session, method="rtn")
-    pane._fill()
+    pane.refresh()
     rtn = quantize(qtbot, pane)
     runs = session.project.runs
     assert [r["settings"]["method"] for r in runs] == ["gptq", "rtn"]
@@ -107,7 +107,7 @@ def test_delete_a_run(qtbot, pane, tiny_model_dir, scripted_dialogs):
     session.new_project("deleting")
     load(qtbot, session, tiny_model_dir)
     configure(session, precision="int8", method="rtn")
-    pane._fill()
+    pane.refresh()
     quantize(qtbot, pane)
     run = session.project.runs[0]
     folder = session.project.folder / run["folder"]
@@ -131,7 +131,7 @@ def test_bad_calibration_files_get_clear_messages(qtbot, pane, tiny_model_dir, t
     path = tmp_path / "calib.txt"
     path.write_bytes(content)
     configure(session, precision="int4", method="gptq", calibration_file=str(path), calibration_seq_len=64)
-    pane._fill()
+    pane.refresh()
     handle = pane.quantize()
     if handle is not None:  # the file reads as text: the job refuses it
         with qtbot.waitSignal(handle.finished, timeout=JOB_TIMEOUT_MS):
@@ -145,7 +145,7 @@ def test_cancel_saves_nothing(qtbot, pane, tiny_model_dir):
     session.new_project("cancelled")
     load(qtbot, session, tiny_model_dir)
     configure(session, precision="int4", method="gptq")
-    pane._fill()
+    pane.refresh()
     handle = pane.quantize()
     with qtbot.waitSignal(handle.finished, timeout=JOB_TIMEOUT_MS):
         handle.cancel()
