@@ -49,6 +49,7 @@ class QuantizeParams:
     eval_max_tokens: int = 4096
     measure_perplexity: bool = True
     output: str = ""  # folder to save into; empty: keep in memory only
+    budget_mb: float = 0.0  # > 0: bits per layer chosen from measured sensitivity to fit this size
 
     def validate(self) -> list[str]:
         problems = []
@@ -74,6 +75,8 @@ class QuantizeParams:
             if precision not in LAYER_PRECISIONS:
                 problems.append(f"layer {name}: unknown precision {precision!r} "
                                 f"(choose {', '.join(LAYER_PRECISIONS)})")  # fmt: skip
+        if self.budget_mb > 0 and self.precision not in INT_PRECISIONS:
+            problems.append("a size budget chooses integer bits per layer: pick INT8, INT4, INT3 or INT2")
         if not 50.0 < self.percentile < 100.0:
             problems.append("the percentile must lie between 50 and 100")
         return problems
@@ -154,7 +157,7 @@ def run(params: QuantizeParams, ctx) -> QuantizeReport:
     source = params.loaded
     ppl_before = _perplexity(source.model, source.tokenizer, params, ctx, "before")
     bnb = params.method == "bitsandbytes"
-    model, quantized, layers, after = (_quantize_bnb if bnb else _quantize_affine)(params, ctx)
+    model, quantized, layers, after, params = (_quantize_bnb if bnb else _quantize_affine)(params, ctx)
     ppl_after = _perplexity(model, source.tokenizer, params, ctx, "after")
     settings = {
         k: v for k, v in asdict(params).items() if k not in ("loaded", "calibration_text", "eval_text")
@@ -184,13 +187,17 @@ def _quantize_affine(params: QuantizeParams, ctx):
     source = params.loaded
     ctx.stage("Copying the model (the loaded one stays as it is)")
     model = copy.deepcopy(source.model)
+    if params.budget_mb > 0:
+        from core.quant.mixed import budget_overrides
+
+        params = dataclasses.replace(params, overrides=budget_overrides(model, source.tokenizer, params, ctx))
     if params.precision in FLOAT_PRECISIONS:
         quantized, names = {}, _cast(model, params.precision)
     else:
         quantized = _quantize_int(model, source.tokenizer, params, ctx)
         names = list(_linear_names(model, params))
     layers = _layer_reports(source.model, model, names, params)
-    return model, quantized, layers, _sizes(source.model, quantized, params)[1]
+    return model, quantized, layers, _sizes(source.model, quantized, params)[1], params
 
 
 def _quantize_bnb(params: QuantizeParams, ctx):
@@ -206,7 +213,7 @@ def _quantize_bnb(params: QuantizeParams, ctx):
         error = quant_error(original, result.dequantized_weight(name).reshape(original.shape))
         bits = BNB_PRECISIONS[params.precision]
         layers.append(LayerReport(name, original.numel(), error.mse, error.sqnr_db, bits))
-    return result.model, None, layers, result.weights_bytes
+    return result.model, None, layers, result.weights_bytes, params
 
 
 def _quantize_int(model, tokenizer, params: QuantizeParams, ctx) -> dict:
