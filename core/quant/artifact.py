@@ -109,6 +109,11 @@ def load_quantized(folder: Path, device: str = "cpu"):
     tokenizer = (
         AutoTokenizer.from_pretrained(folder, local_files_only=True) if _has_tokenizer(folder) else None
     )
+    if meta.get("activations"):  # W8A8: the inputs' static ranges, as when it was quantized
+        from core.quant.activations import attach_activation_quant, ranges_from_json
+
+        attach_activation_quant(model, *ranges_from_json(meta["activations"]))
+        model.quanttune_activations = meta["activations"]
     return model.to(device).eval(), tokenizer, quantized, meta
 
 

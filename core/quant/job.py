@@ -22,7 +22,7 @@ from core.quant.weight_ranges import WEIGHT_OBSERVERS
 INT_PRECISIONS = {"int8": 8, "int4": 4, "int3": 3, "int2": 2}
 FLOAT_PRECISIONS = {"fp16": 16, "bf16": 16}
 BNB_PRECISIONS = {"nf4": 4, "fp4": 4, "int8": 8}  # with method "bitsandbytes"
-METHODS = ("rtn", "gptq", "bitsandbytes")
+METHODS = ("rtn", "gptq", "awq", "bitsandbytes")
 LAYER_PRECISIONS = (*INT_PRECISIONS, "fp16", "fp32")
 
 
@@ -50,6 +50,10 @@ class QuantizeParams:
     measure_perplexity: bool = True
     output: str = ""  # folder to save into; empty: keep in memory only
     budget_mb: float = 0.0  # > 0: bits per layer chosen from measured sensitivity to fit this size
+    activations: bool = False  # W8A8: the layers' inputs too, with static ranges from calibration
+    activation_observer: str = "minmax"  # how those ranges are chosen
+    smoothquant: bool = False  # W8A8: move activation outliers into the weights first
+    smooth_alpha: float = 0.5
 
     def validate(self) -> list[str]:
         problems = []
@@ -75,10 +79,27 @@ class QuantizeParams:
             if precision not in LAYER_PRECISIONS:
                 problems.append(f"layer {name}: unknown precision {precision!r} "
                                 f"(choose {', '.join(LAYER_PRECISIONS)})")  # fmt: skip
+        problems += self._activation_problems()
         if self.budget_mb > 0 and self.precision not in INT_PRECISIONS:
             problems.append("a size budget chooses integer bits per layer: pick INT8, INT4, INT3 or INT2")
         if not 50.0 < self.percentile < 100.0:
             problems.append("the percentile must lie between 50 and 100")
+        return problems
+
+    def _activation_problems(self) -> list[str]:
+        from core.quant.observers import OBSERVERS
+
+        problems = []
+        if self.method == "awq" and self.precision not in INT_PRECISIONS:
+            problems.append("AWQ is for integer precisions")
+        if self.activations and (self.precision != "int8" or self.method == "bitsandbytes"):
+            problems.append("activations are quantized with INT8 weights (W8A8) by RTN, GPTQ or AWQ")
+        if self.smoothquant and not self.activations:
+            problems.append("SmoothQuant prepares W8A8: quantize the activations too, or turn it off")
+        if self.activation_observer not in OBSERVERS:
+            problems.append(f"activation observer must be one of {', '.join(OBSERVERS)}")
+        if not 0.0 <= self.smooth_alpha <= 1.0:
+            problems.append("SmoothQuant's α lies between 0 and 1")
         return problems
 
     def _bnb_problems(self) -> list[str]:
@@ -191,13 +212,31 @@ def _quantize_affine(params: QuantizeParams, ctx):
         from core.quant.mixed import budget_overrides
 
         params = dataclasses.replace(params, overrides=budget_overrides(model, source.tokenizer, params, ctx))
+    prepared = _prepare(model, source.tokenizer, params, ctx)
     if params.precision in FLOAT_PRECISIONS:
         quantized, names = {}, _cast(model, params.precision)
     else:
         quantized = _quantize_int(model, source.tokenizer, params, ctx)
         names = list(_linear_names(model, params))
-    layers = _layer_reports(source.model, model, names, params)
+    if prepared is not None:
+        from core.quant import activation_aware
+
+        activation_aware.attach(model, prepared)
+        model.quanttune_activations = prepared.to_json()  # read by _save
+    reference = prepared.reference if prepared is not None else {}
+    layers = _layer_reports(source.model, model, names, params, reference)
     return model, quantized, layers, _sizes(source.model, quantized, params)[1], params
+
+
+def _prepare(model, tokenizer, params: QuantizeParams, ctx):
+    """AWQ / SmoothQuant / W8A8 ranges on the copy before rounding (None: not asked for)."""
+    from core.quant import activation_aware, calibration
+
+    if not activation_aware.needed(params):
+        return None
+    layers = calibration.linear_layers(model, include_head=params.include_head)
+    layers = {n: m for n, m in layers.items() if params.layer_precision(n) in INT_PRECISIONS}
+    return activation_aware.prepare(model, tokenizer, params, layers, ctx)
 
 
 def _quantize_bnb(params: QuantizeParams, ctx):
@@ -288,11 +327,14 @@ def _linear_names(model, params: QuantizeParams) -> list[str]:
 PRECISION_BITS = {**INT_PRECISIONS, **FLOAT_PRECISIONS, "fp32": 32}
 
 
-def _layer_reports(original, quantized_model, names: list[str], params: QuantizeParams) -> list[LayerReport]:
+def _layer_reports(original, quantized_model, names: list[str], params: QuantizeParams,
+                   reference: dict) -> list[LayerReport]:  # fmt: skip
+    """Each layer's weight error; against ``reference`` (weights rescaled by AWQ or SmoothQuant,
+    what was rounded) where given, else against the original."""
     reports = []
     for name in names:
         bits = PRECISION_BITS[params.layer_precision(name)]
-        w = original.get_submodule(name).weight
+        w = reference.get(name, original.get_submodule(name).weight)
         w_hat = quantized_model.get_submodule(name).weight
         error = quant_error(w.detach(), w_hat.detach())
         reports.append(LayerReport(name, w.numel(), error.mse, error.sqnr_db, bits))
@@ -337,6 +379,8 @@ def _save(model, source, quantized: dict, params: QuantizeParams, report: Quanti
 
     ctx.stage(f"Saving to {params.output}")
     meta = {"base_model": source.ref.to_dict(), "report": report.to_dict()}
+    if getattr(model, "quanttune_activations", None):
+        meta["activations"] = model.quanttune_activations
     folder = save_quantized(model, source.tokenizer, quantized, Path(params.output), meta)
     atomic.write_json(folder / "report.json", report.to_dict())
     report.output = str(folder)

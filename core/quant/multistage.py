@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -116,6 +117,7 @@ def multistage(
     rows, quantized = [], {}
     for done, (name, weight) in enumerate(weights.items()):
         if ctx is not None:
+            ctx.check_cancelled()
             ctx.progress(done, len(weights), f"Quantizing {name} in {len(stages)} stages")
         quantized[name], row = _layer(name, as_rows(weight.detach().float()), schemes)
         rows.append(row)
@@ -183,3 +185,26 @@ def _db(signal: float, noise: float) -> float:
     if noise == 0.0:
         return math.inf
     return 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+# -- as a job ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MultistageParams:
+    loaded: Any = field(compare=False, repr=False)  # core.models.loading.LoadedModel
+    stages: tuple[int, ...] = (16, 8)
+    symmetric: bool = True
+    granularity: str = "channel"
+    group_size: int = 64
+    include_head: bool = False
+
+    def validate(self) -> list[str]:
+        return validate_stages(tuple(self.stages), self.granularity, self.group_size)
+
+
+def run(params: MultistageParams, ctx) -> MultistageReport:
+    """Every linear layer of the loaded model through the stages (the model is not changed)."""
+    from core.quant.calibration import linear_layers
+
+    layers = linear_layers(params.loaded.model, include_head=params.include_head)
+    weights = {name: layer.weight for name, layer in layers.items()}
+    return multistage(weights, params.stages, params.symmetric, params.granularity, params.group_size, ctx)

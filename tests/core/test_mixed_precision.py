@@ -261,3 +261,15 @@ def test_fisher_weighting_gives_bits_where_the_loss_is_sensitive():
     assert costs["loud"][4].error == pytest.approx(costs["quiet"][4].error * 1e4, rel=1e-6)
     budget = costs["loud"][8].bytes + costs["quiet"][4].bytes
     assert mixed.choose_bits(costs, budget).bits == {"loud": 8, "quiet": 4}
+
+
+def test_the_multistage_job_on_a_model(tiny_loaded):
+    from core.jobs import JobContext, run_job
+    from core.quant import multistage as stages
+
+    before = {k: v.clone() for k, v in tiny_loaded.model.state_dict().items()}
+    report = run_job(stages.run, stages.MultistageParams(tiny_loaded), JobContext())
+    assert len(report.layers) == 14 and report.stages == (16, 8)
+    assert report.summary.stage_sqnr_db[0] > 80  # INT16 is nearly exact
+    assert report.summary.detour_cost_db == pytest.approx(0.0, abs=0.05)
+    assert all(torch.equal(v, tiny_loaded.model.state_dict()[k]) for k, v in before.items())  # untouched

@@ -1,5 +1,6 @@
 """The Quantize job end to end on a tiny model: report, size, perplexity, save and exact reload."""
 
+import dataclasses
 import json
 
 import pytest
@@ -143,6 +144,44 @@ def test_bitsandbytes_settings_are_checked(tiny_loaded):
         ({"precision": "nf4", "method": "rtn"}, "choose the method bitsandbytes"),
         ({"precision": "int4", "method": "bitsandbytes"}, "NF4, FP4 or INT8"),
         ({"precision": "int8", "method": "bitsandbytes", "overrides": (("x", "fp16"),)}, "per-layer"),
+    ):
+        with pytest.raises(InvalidSettings, match=message):
+            run_job(job.run, job.QuantizeParams(tiny_loaded, **bad), JobContext())
+
+
+CALIBRATED = {"calibration_samples": 2, "calibration_seq_len": 32}
+
+
+def test_awq_run_reports_against_the_rescaled_weights(tiny_loaded):
+    params = job.QuantizeParams(
+        tiny_loaded, precision="int4", group_size=32, method="awq", **CALIBRATED, **FAST
+    )
+    report = run_job(job.run, params, JobContext())
+    assert report.settings["method"] == "awq" and len(report.layers) == 14
+    assert all(10 < layer.sqnr_db < 40 for layer in report.layers)  # Q(W·s) against W·s, not against W
+
+
+def test_w8a8_with_smoothquant_saves_its_ranges_and_reloads_exactly(tiny_loaded, tmp_path):
+    from core.quant import runs
+
+    params = job.QuantizeParams(tiny_loaded, precision="int8", granularity="channel", symmetric=True,
+                                activations=True, smoothquant=True, output=str(tmp_path / "w8a8"),
+                                **CALIBRATED, **FAST)  # fmt: skip
+    report = run_job(job.run, params, JobContext())
+    plain = dataclasses.replace(params, activations=False, smoothquant=False, output="")
+    weight_only = run_job(job.run, plain, JobContext())
+    assert report.perplexity_after != weight_only.perplexity_after  # the inputs are quantized too
+    meta = json.loads((tmp_path / "w8a8" / "quantization.json").read_text())
+    assert len(meta["activations"]["layers"]) == 14
+    reloaded = run_job(runs.reload_run, runs.ReloadParams(tmp_path / "w8a8"), JobContext())
+    assert reloaded.identical is True
+
+
+def test_activation_settings_are_checked(tiny_loaded):
+    for bad, message in (
+        ({"precision": "int4", "activations": True}, "W8A8"),
+        ({"precision": "int8", "smoothquant": True}, "SmoothQuant prepares W8A8"),
+        ({"precision": "fp16", "method": "awq"}, "AWQ is for integer"),
     ):
         with pytest.raises(InvalidSettings, match=message):
             run_job(job.run, job.QuantizeParams(tiny_loaded, **bad), JobContext())
