@@ -2,8 +2,8 @@
 
 Perplexity in 512-token windows on the bundled held-out text (GPL-3, 4,096 tokens), which
 calibration (GPL-2 + MPL-2.0 + GFDL-1.3) never sees. Rows: FP32, INT8 per-channel RTN, INT4
-group-64 RTN, INT4 group-64 GPTQ (act-order, 16 × 512 calibration tokens), NF4 and FP4
-(bitsandbytes), plus any extra method given with --extra. Times are the quantize step alone
+group-64 RTN, INT4 group-64 GPTQ (act-order, 16 × 512 calibration tokens), INT4 group-64 AWQ,
+NF4 and FP4 (bitsandbytes). Times are the quantize step alone
 (perplexity excluded), median of --repeat runs; perplexity is deterministic, so it is measured once.
 Prints a Markdown table and the checks the issue sets (INT8 within 1% of FP32, GPTQ closing at
 least 15% of RTN's gap and beating NF4, RTN under 15 s, GPTQ under 120 s).
@@ -24,6 +24,8 @@ ROWS = {
     "rtn": ("INT4 group-64 RTN", {"precision": "int4", "granularity": "group", "group_size": 64}),
     "gptq": ("INT4 group-64 GPTQ", {"precision": "int4", "granularity": "group", "group_size": 64,
                                      "method": "gptq", "calibration_samples": 16}),
+    "awq": ("INT4 group-64 AWQ + RTN", {"precision": "int4", "granularity": "group", "group_size": 64,
+                                        "method": "awq", "calibration_samples": 16}),
     "nf4": ("NF4 (bitsandbytes)", {"precision": "nf4", "method": "bitsandbytes"}),
     "fp4": ("FP4 (bitsandbytes)", {"precision": "fp4", "method": "bitsandbytes"}),
 }  # fmt: skip

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -149,9 +150,36 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         eval_text=read_text_file(args.eval_text) if args.eval_text else "",
         measure_perplexity=not args.no_perplexity,
         output=str(args.output) if args.output else "",
+        budget_mb=args.budget_mb,
+        activations=args.w8a8,
+        activation_observer=args.activation_observer,
+        smoothquant=args.smoothquant,
     )
     report = _run(job.run, params, args)
     _print_result(report.to_dict(), args.json, _quantize_summary(report))
+    return EXIT_OK
+
+
+def cmd_stages(args: argparse.Namespace) -> int:
+    from core.quant import multistage
+
+    loaded = _load(args)
+    stages = tuple(int(b) for b in args.stages.split(","))
+    params = multistage.MultistageParams(
+        loaded, stages, args.scheme == "sym", args.granularity, args.group_size
+    )
+    report = _run(multistage.run, params, args)
+    data = {"stages": list(report.stages), "scheme": report.scheme, "summary": asdict(report.summary),
+            "layers": [asdict(row) for row in report.layers]}  # fmt: skip
+    s = report.summary
+    lines = [f"{' -> '.join(f'INT{b}' for b in stages)} ({report.scheme}), {len(report.layers)} layers"]
+    previous = "FP32"
+    for bits, db in zip(stages, s.stage_sqnr_db, strict=True):
+        lines.append(f"  {previous} -> INT{bits}: SQNR {db:.2f} dB")
+        previous = f"INT{bits}"
+    lines.append(f"  in total {s.total_sqnr_db:.2f} dB; directly {s.direct_sqnr_db:.2f} dB")
+    lines.append(f"  the detour costs {s.detour_cost_db:.4f} dB; {s.codes_changed:.2%} of codes change")
+    _print_result(data, args.json, "\n".join(lines))
     return EXIT_OK
 
 
@@ -218,7 +246,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ask)
     _add_inspect_parser(sub)
     _add_quantize_parser(sub)
+    _add_stages_parser(sub)
     return parser
+
+
+def _add_stages_parser(sub) -> None:
+    p = sub.add_parser(
+        "stages",
+        help="the multi-stage path FP32 -> INT16 -> INT8: the error each stage adds, against one step",
+        description="Quantizes every linear layer's weight through the stages (nothing is saved) and "
+        "reports each stage's SQNR, the total, and going to the last precision directly.",
+    )
+    _add_model_args(p)
+    p.add_argument("--stages", default="16,8", help="decreasing bit widths, e.g. 16,8 or 16,8,4")
+    p.add_argument("--scheme", default="sym", choices=("sym", "asym"))
+    p.add_argument("--granularity", default="channel", choices=("tensor", "channel", "group"))
+    p.add_argument("--group-size", type=int, default=64)
+    _common(p)
+    p.set_defaults(func=cmd_stages)
 
 
 def _add_quantize_parser(sub) -> None:
@@ -229,7 +274,12 @@ def _add_quantize_parser(sub) -> None:
         "and after on held-out text, and optionally saves a folder that reloads exactly.",
     )
     _add_model_args(p)
-    p.add_argument("--precision", default="int4", choices=("int8", "int4", "int3", "int2", "fp16", "bf16"))
+    p.add_argument(
+        "--precision",
+        default="int4",
+        choices=("int8", "int4", "int3", "int2", "fp16", "bf16", "nf4", "fp4"),
+        help="nf4 and fp4 need --method bitsandbytes (so does LLM.int8(): int8 with --method bitsandbytes)",
+    )
     p.add_argument(
         "--scheme",
         default="asym",
@@ -241,8 +291,9 @@ def _add_quantize_parser(sub) -> None:
     p.add_argument(
         "--method",
         default="rtn",
-        choices=("rtn", "gptq"),
-        help="rtn: round to nearest; gptq: Hessian-based error compensation on calibration data",
+        choices=("rtn", "gptq", "awq", "bitsandbytes"),
+        help="rtn: round to nearest; gptq: Hessian-based error compensation on calibration data; awq: "
+        "activation-aware channel scaling, then rtn; bitsandbytes: the library's NF4/FP4/LLM.int8() layers",
     )
     p.add_argument(
         "--observer",
@@ -252,6 +303,23 @@ def _add_quantize_parser(sub) -> None:
     )
     p.add_argument("--percentile", type=float, default=99.99, help="for --observer percentile")
     p.add_argument("--include-head", action="store_true", help="quantize the LM head too")
+    p.add_argument(
+        "--w8a8", action="store_true", help="quantize the layers' inputs too (INT8), static ranges"
+    )
+    p.add_argument(
+        "--activation-observer",
+        default="minmax",
+        choices=("minmax", "moving_average", "percentile", "mse", "entropy"),
+        help="how the activations' ranges are chosen (with --w8a8)",
+    )
+    p.add_argument("--smoothquant", action="store_true", help="SmoothQuant before W8A8 (with --w8a8)")
+    p.add_argument(
+        "--budget-mb",
+        type=float,
+        default=0.0,
+        metavar="MB",
+        help="choose bits per layer from measured sensitivity so the model fits MB (mixed precision)",
+    )
     p.add_argument(
         "--keep",
         action="append",

@@ -74,6 +74,8 @@ class QuantizeSettings:
     granularity: str = "group"
     group_size: int = 64
     activations: bool = False  # W8A8: inputs of the quantized layers too, static ranges
+    smoothquant: bool = False  # W8A8: move activation outliers into the weights first
+    activation_observer: str = "minmax"
     include_head: bool = False
     overrides: dict[str, str] = field(default_factory=dict)
     budget_mb: float = 0.0  # > 0: choose bits per layer to fit this size (mixed precision)

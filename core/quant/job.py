@@ -149,6 +149,7 @@ class QuantizeReport:
     seconds: float
     output: str = ""
     fingerprint: dict[str, Any] | None = None  # see core.quant.runs.output_fingerprint
+    activations: dict[str, Any] | None = None  # W8A8: static input ranges (activations.ranges_to_json)
     model: Any = field(default=None, repr=False, compare=False)  # the quantized model, in memory
     quantized: dict | None = field(default=None, repr=False, compare=False)  # layer -> QuantizedWeight
 
@@ -194,6 +195,7 @@ def run(params: QuantizeParams, ctx) -> QuantizeReport:
         ppl_after,
         time.monotonic() - started,
     )
+    report.activations = getattr(model, "quanttune_activations", None)
     if params.output:
         from core.quant.runs import output_fingerprint
 
@@ -222,7 +224,7 @@ def _quantize_affine(params: QuantizeParams, ctx):
         from core.quant import activation_aware
 
         activation_aware.attach(model, prepared)
-        model.quanttune_activations = prepared.to_json()  # read by _save
+        model.quanttune_activations = prepared.to_json()  # travels with the model: reports, saving
     reference = prepared.reference if prepared is not None else {}
     layers = _layer_reports(source.model, model, names, params, reference)
     return model, quantized, layers, _sizes(source.model, quantized, params)[1], params
@@ -379,8 +381,8 @@ def _save(model, source, quantized: dict, params: QuantizeParams, report: Quanti
 
     ctx.stage(f"Saving to {params.output}")
     meta = {"base_model": source.ref.to_dict(), "report": report.to_dict()}
-    if getattr(model, "quanttune_activations", None):
-        meta["activations"] = model.quanttune_activations
+    if report.activations:
+        meta["activations"] = report.activations
     folder = save_quantized(model, source.tokenizer, quantized, Path(params.output), meta)
     atomic.write_json(folder / "report.json", report.to_dict())
     report.output = str(folder)

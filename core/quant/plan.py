@@ -154,5 +154,9 @@ def job_params(settings: Any, recommended: dict, loaded: Any, output: str = "", 
         calibration_seq_len=settings.calibration_seq_len,
         eval_text=read_text(settings.eval_file, "heldout"),
         output=output,
+        budget_mb=settings.budget_mb if settings.precision.startswith("int") else 0.0,
+        activations=settings.activations and settings.precision == "int8",
+        smoothquant=settings.smoothquant and settings.activations and settings.precision == "int8",
+        activation_observer=settings.activation_observer,
     )
     return QuantizeParams(loaded, **{**values, **extra})

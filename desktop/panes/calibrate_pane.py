@@ -13,7 +13,7 @@ import dataclasses
 from functools import partial
 from typing import Any
 
-from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtCore import QTimer, Signal, Slot
 from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QTabWidget, QVBoxLayout, QWidget
 
@@ -52,7 +52,7 @@ def methods_for(precision: str) -> tuple[str, ...]:
         return ("bitsandbytes",)
     if precision in ("fp16", "bf16"):
         return ("rtn",)
-    return ("rtn", "gptq", "bitsandbytes") if precision == "int8" else ("rtn", "gptq")
+    return ("rtn", "gptq", "awq", "bitsandbytes") if precision == "int8" else ("rtn", "gptq", "awq")
 
 
 class CalibratePane(QWidget):

@@ -33,48 +33,19 @@ from desktop.formatting import format_bytes
 from desktop.session import Session
 from desktop.widgets.layer_precisions import LayerPrecisionTable, precision_name
 from desktop.widgets.learn_panel import LearnPanel
+from desktop.widgets.precision_extras import BudgetBox, MultistageBox
+from desktop.widgets.precision_texts import (
+    GRANULARITIES,
+    GROUP_SIZES,
+    INTEGER,
+    PRECISIONS,
+    float_formula,
+    formula_html,
+    granularity_text,
+    recommendation_text,
+)
 
-# (key, menu text, what it means)
-PRECISIONS = (
-    ("int8", "INT8", "256 levels per weight: usually within 1% of the original quality."),
-    ("int4", "INT4", "16 levels: a quarter of INT8's size; the method and the groups matter."),
-    ("int3", "INT3", "8 levels: small, lossy; GPTQ or AWQ and small groups are needed."),
-    ("int2", "INT2", "4 levels: an experiment; expect a large loss."),
-    ("nf4", "NF4", "bitsandbytes' 4-bit NormalFloat: levels placed for normally distributed weights."),
-    ("fp4", "FP4", "bitsandbytes' 4-bit floating point."),
-    ("fp16", "FP16", "Half precision: every weight rounded to 16-bit floating point."),
-    ("bf16", "BF16", "bfloat16: FP32's range with 8 bits of mantissa."),
-)
-INTEGER = ("int8", "int4", "int3", "int2")
-GRANULARITIES = (
-    ("tensor", "Per tensor", "one S (and Z) for the whole tensor"),
-    ("channel", "Per channel", "one S (and Z) per output channel (row)"),
-    ("group", "Group-wise", "one S (and Z) per group of consecutive weights in a row"),
-)
-GROUP_SIZES = (32, 64, 128)
 NO_MODEL = "Load a model first: the sizes and layers shown here are the loaded model's."
-GGUF_GROUP_HINT = (
-    "This model's weights came from a 4-bit GGUF with groups of 32: quantizing at group 32 "
-    "reproduces them almost exactly and flatters every method. Compare methods at 64."
-)
-
-
-def formula_html(bits: int, symmetric: bool) -> str:
-    """The scheme's formulas at ``bits``, as used (the standard sign of Z)."""
-    if symmetric:
-        top = 2 ** (bits - 1) - 1
-        return (
-            f"S = max|x| / (2<sup>{bits}−1</sup> − 1) = max|x| / {top},&nbsp; Z = 0,&nbsp; "
-            f"q = clamp(round(x / S), −{top}, {top}),&nbsp; x′ = S·q"
-        )
-    top = 2**bits - 1
-    return (
-        f"S = (max − min) / (2<sup>{bits}</sup> − 1) = (max − min) / {top},&nbsp; "
-        f"Z = round(−min / S),&nbsp; q = clamp(round(x / S) + Z, 0, {top}),&nbsp; x′ = S·(q − Z)"
-        "<br><span style='color:#6b7078'>The range [min, max] is widened to include 0, so 0 is stored "
-        "exactly. (Some texts write Z = round(min / S): that is the same offset with the opposite "
-        "sign convention.)</span>"
-    )
 
 
 class PrecisionPane(QWidget):
@@ -122,7 +93,11 @@ class PrecisionPane(QWidget):
         form = QWidget()
         column = QVBoxLayout(form)
         column.setContentsMargins(0, 0, 0, 0)
-        for box in (self._precision_box(), self._scheme_box(), self._granularity_box(), self._scope_box()):
+        self.budget_box = BudgetBox()
+        self.multistage_box = MultistageBox(self.session.runner, self._multistage_params)
+        boxes = (self._precision_box(), self._scheme_box(), self._granularity_box(), self._scope_box(),
+                 self.budget_box, self.multistage_box)  # fmt: skip
+        for box in boxes:
             column.addWidget(box)
         column.addStretch(1)
         scroll = QScrollArea(widgetResizable=True)
@@ -215,6 +190,11 @@ class PrecisionPane(QWidget):
         self.scope_group = QButtonGroup(self)
         self.scope_group.addButton(self.weights_only_radio)
         self.scope_group.addButton(self.activations_radio)
+        self.smooth_check = QCheckBox("SmoothQuant first: move activation outliers into the weights")
+        self.smooth_check.setToolTip(
+            "Divides each input channel by s and multiplies the weights by s (Xiao et al. 2022): the "
+            "same function, with activations that are easier to quantize"
+        )
         self.head_check = QCheckBox("The LM head too (the last layer, often the most sensitive)")
         note = QLabel(
             "Every linear layer is quantized; embeddings and norms stay in FP32.",
@@ -222,7 +202,13 @@ class PrecisionPane(QWidget):
             objectName="hint",
         )
         layout = QVBoxLayout(box)
-        for widget in (self.weights_only_radio, self.activations_radio, self.head_check, note):
+        for widget in (
+            self.weights_only_radio,
+            self.activations_radio,
+            self.smooth_check,
+            self.head_check,
+            note,
+        ):
             layout.addWidget(widget)
         return box
 
@@ -235,6 +221,8 @@ class PrecisionPane(QWidget):
         self.scheme_group.buttonToggled.connect(self._on_toggled)
         self.scope_group.buttonToggled.connect(self._on_toggled)
         self.head_check.toggled.connect(self._on_edit)
+        self.smooth_check.toggled.connect(self._on_edit)
+        self.budget_box.budgetChanged.connect(self._on_edit)
         self.layers.overridesChanged.connect(self._on_overrides)
         s = self.session
         s.projectChanged.connect(self._on_project_changed)
@@ -295,6 +283,7 @@ class PrecisionPane(QWidget):
             self.group_combo.setCurrentIndex(max(0, self.group_combo.findData(s.group_size)))
             (self.activations_radio if s.activations else self.weights_only_radio).setChecked(True)
             self.head_check.setChecked(s.include_head)
+            self.smooth_check.setChecked(s.smoothquant)
             self.layers.set_values(s.precision, s.overrides)
         finally:
             self._filling = False
@@ -319,6 +308,8 @@ class PrecisionPane(QWidget):
         s.group_size = self.group_combo.currentData()
         s.activations = self.activations_radio.isChecked() and s.precision == "int8"
         s.include_head = self.head_check.isChecked()
+        s.smoothquant = self.smooth_check.isChecked() and s.activations
+        s.budget_mb = self.budget_box.budget_mb() if s.precision in INTEGER else 0.0
         if s.precision in ("nf4", "fp4"):
             s.method = "bitsandbytes"
         elif s.method == "bitsandbytes" and s.precision != "int8":
@@ -345,52 +336,17 @@ class PrecisionPane(QWidget):
         self.group_combo.setEnabled(integer)
         bits = int(s.precision[3:]) if integer else 8
         symmetric = self.symmetric_radio.isChecked()
-        self.formula_label.setText(
-            formula_html(bits, symmetric) if integer else self._float_formula(s.precision)
-        )
-        self.recommend_label.setText(self._recommendation_text())
-        self.granularity_note.setText(self._granularity_text())
+        self.formula_label.setText(formula_html(bits, symmetric) if integer else float_formula(s.precision))
+        self.recommend_label.setText(recommendation_text(self.recommended))
+        self.granularity_note.setText(granularity_text(self.settings, self.session.model))
         self.weights_only_radio.setText(f"Weights only (W{bits if integer else 16}A16)")
         self.activations_radio.setEnabled(s.precision == "int8")
         self.activations_radio.setToolTip("" if s.precision == "int8" else "W8A8 is for INT8 weights")
+        self.smooth_check.setEnabled(s.activations)
+        self.budget_box.setEnabled(integer)
         self.layers.setEnabled(integer)
         self._update_size()
         self._emit_status()
-
-    @staticmethod
-    def _float_formula(precision: str) -> str:
-        if precision in ("nf4", "fp4"):
-            return (
-                f"{precision.upper()}: each block of 64 weights is divided by its absolute maximum and "
-                "rounded to the nearest of 16 fixed levels; the block maxima are themselves quantized "
-                "to 8 bits (double quantization). Symmetry and granularity are fixed by the format."
-            )
-        return (
-            f"{precision.upper()}: each weight rounded to the nearest {precision.upper()} number; no S or Z."
-        )
-
-    def _recommendation_text(self) -> str:
-        recs = self.recommended
-        if not recs:
-            return "Run the Inspect step to get a recommendation from the weights themselves."
-        sym = sum(1 for r in recs.values() if r.get("symmetric"))
-        asym = len(recs) - sym
-        choice = "symmetric" if sym > asym else "asymmetric"
-        return f"Inspect recommended {choice}: asymmetric for {asym} tensors, symmetric for {sym}."
-
-    def _granularity_text(self) -> str:
-        s, loaded = self.settings, self.session.model
-        text = next(tip for key, _, tip in GRANULARITIES if key == s.granularity).capitalize() + "."
-        if s.granularity == "group" and loaded is not None:
-            from core.quant.plan import quantizable_layers
-
-            widths = {shape[-1] for shape in quantizable_layers(loaded.model).values()}
-            odd = sorted(w for w in widths if w % s.group_size)
-            if odd:
-                text += f" Rows {', '.join(map(str, odd))} wide end with a shorter group."
-            if s.group_size == 32 and loaded.ref.kind in ("default", "gguf"):
-                text += " " + GGUF_GROUP_HINT
-        return text
 
     def _update_size(self) -> None:
         loaded = self.session.model
@@ -401,11 +357,17 @@ class PrecisionPane(QWidget):
 
         e = estimate_size(loaded.model, self.settings, self.recommended)
         self.estimate = e
+        self.budget_box.set_values(self.settings.budget_mb, round(e.bytes_after * 1.05 / 1e6, 2))
         self.size_label.setText(
             f"<b>{format_bytes(e.bytes_after)}</b> after quantizing, "
             f"<b>{e.bits_per_weight:.2f} bits per weight</b> (scales and zero points included) — "
             f"{e.ratio:.1f}× smaller than FP32 ({format_bytes(e.bytes_before)})."
         )
+        if self.settings.budget_mb > 0:
+            self.size_label.setText(
+                f"At most <b>{self.settings.budget_mb:.1f} MB</b>: bits per layer are chosen when quantizing "
+                f"(uniformly, {format_bytes(e.bytes_after)}, {e.bits_per_weight:.2f} bits per weight)."
+            )
         self.learn.set_numbers(self._learn_numbers(e))
         self.estimateChanged.emit(e)
 
@@ -428,6 +390,16 @@ class PrecisionPane(QWidget):
             text += f" {'sym' if self.symmetric_radio.isChecked() else 'asym'}"
             text += f" g{s.group_size}" if s.granularity == "group" else f" per {s.granularity}"
         self.statusChanged.emit("done", text)
+
+    def _multistage_params(self) -> Any:
+        loaded = self.session.model
+        if loaded is None:
+            return None
+        from core.quant.multistage import MultistageParams
+
+        s = self.settings
+        return MultistageParams(loaded, (16, 8), self.symmetric_radio.isChecked(), s.granularity,
+                                s.group_size, s.include_head)  # fmt: skip
 
 
 def symmetric_default(recommended: dict) -> bool:

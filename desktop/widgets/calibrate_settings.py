@@ -27,6 +27,8 @@ METHODS = (
     ("rtn", "Round to nearest (RTN)", "Each weight to its nearest level: fast, no calibration data needed"),
     ("gptq", "GPTQ", "Quantizes column by column and corrects the rest of the row for the error made, "
      "using the calibration data's statistics (Frantar et al. 2022)"),
+    ("awq", "AWQ", "Scales up the weight channels that meet large activations before rounding, so they "
+     "lose less (Lin et al. 2023); then rounds to nearest"),
     ("bitsandbytes", "bitsandbytes", "The bitsandbytes library's LLM.int8(), NF4 or FP4 layers: real "
      "memory savings when the model runs"),
 )  # fmt: skip
@@ -34,6 +36,13 @@ OBSERVERS = (
     ("minmax", "Min-max", "The block's extremes: nothing is clipped, one outlier stretches the grid"),
     ("percentile", "Percentile", "Clip the rarest values: the range covers the central percentile"),
     ("mse", "MSE-optimal", "The clipping range with the least squared error, searched on a grid"),
+)
+ACTIVATION_OBSERVERS = (
+    ("minmax", "Min-max", "The extremes seen over all calibration tokens"),
+    ("moving_average", "Moving-average min-max", "Each batch's extremes folded into a running average"),
+    ("percentile", "Percentile", "Clip the rarest activations (99.99 %)"),
+    ("mse", "MSE-optimal", "The clipping range with the least squared error on the histogram"),
+    ("entropy", "Entropy (KL)", "The range whose 256-level histogram stays closest to the original"),
 )
 BUNDLED_CALIBRATION = "Bundled sample text (licence texts: GPL-2, MPL-2.0, GFDL-1.3)"
 BUNDLED_EVAL = "Bundled held-out text (GPL-3; calibration never sees it)"
@@ -67,6 +76,8 @@ class CalibrateSettingsBar(QGroupBox):
         self.settings: Any = None  # core.project.QuantizeSettings being edited
         self.method_combo = _combo(METHODS)
         self.observer_combo = _combo(OBSERVERS)
+        self.activation_label = QLabel("Activation ranges")
+        self.activation_combo = _combo(ACTIVATION_OBSERVERS)
         self.percentile_spin = QDoubleSpinBox(decimals=3, minimum=90.0, maximum=99.999, singleStep=0.01)
         self.percentile_spin.setSuffix(" %")
         self.calibration_label = QLabel(wordWrap=True)
@@ -86,8 +97,9 @@ class CalibrateSettingsBar(QGroupBox):
     def _layout(self) -> None:
         grid = QGridLayout(self)
         grid.setVerticalSpacing(4)
-        grid.addLayout(_row("Method", self.method_combo, "Range observer", self.observer_combo,
-                            self.percentile_spin), 0, 0)  # fmt: skip
+        first = _row("Method", self.method_combo, "Range observer", self.observer_combo, self.percentile_spin,
+                     self.activation_label, self.activation_combo)  # fmt: skip
+        grid.addLayout(first, 0, 0)
         grid.addLayout(_row("Calibration data:", self.calibration_label, self.calibration_button,
                             self.calibration_bundled), 1, 0)  # fmt: skip
         grid.addLayout(_row("Use", self.samples_spin, "samples of", self.seq_len_spin, "tokens"), 2, 0)
@@ -97,7 +109,7 @@ class CalibrateSettingsBar(QGroupBox):
         grid.setColumnStretch(0, 1)
 
     def _connect(self) -> None:
-        for combo in (self.method_combo, self.observer_combo):
+        for combo in (self.method_combo, self.observer_combo, self.activation_combo):
             combo.currentIndexChanged.connect(self._on_edit)
         for spin in (self.percentile_spin, self.samples_spin, self.seq_len_spin):
             spin.valueChanged.connect(self._on_edit)
@@ -111,7 +123,7 @@ class CalibrateSettingsBar(QGroupBox):
         """Mirror ``settings`` (edited in place from now on); ``methods``: those that apply."""
         self.settings = settings
         widgets = (self.method_combo, self.observer_combo, self.percentile_spin, self.samples_spin,
-                   self.seq_len_spin)  # fmt: skip
+                   self.seq_len_spin, self.activation_combo)  # fmt: skip
         for widget in widgets:
             widget.blockSignals(True)
         try:
@@ -121,6 +133,9 @@ class CalibrateSettingsBar(QGroupBox):
             self.method_combo.setCurrentIndex(max(0, self.method_combo.findData(settings.method)))
             self.observer_combo.setCurrentIndex(max(0, self.observer_combo.findData(settings.observer)))
             self.percentile_spin.setValue(settings.percentile)
+            self.activation_combo.setCurrentIndex(
+                max(0, self.activation_combo.findData(settings.activation_observer))
+            )
             self.samples_spin.setValue(settings.calibration_samples)
             self.seq_len_spin.setValue(settings.calibration_seq_len)
         finally:
@@ -130,7 +145,7 @@ class CalibrateSettingsBar(QGroupBox):
 
     def _update_view(self) -> None:
         s = self.settings
-        calibrated = s.method in ("gptq", "awq") or s.activations
+        calibrated = s.method in ("gptq", "awq") or s.activations or s.budget_mb > 0
         for widget in (
             self.samples_spin,
             self.seq_len_spin,
@@ -138,6 +153,8 @@ class CalibrateSettingsBar(QGroupBox):
             self.calibration_bundled,
         ):
             widget.setEnabled(calibrated)
+        self.activation_label.setVisible(s.activations)
+        self.activation_combo.setVisible(s.activations)
         uses_observer = s.method in ("rtn", "gptq", "awq")
         self.observer_combo.setEnabled(uses_observer)
         self.percentile_spin.setVisible(uses_observer and s.observer == "percentile")
@@ -158,6 +175,7 @@ class CalibrateSettingsBar(QGroupBox):
             return
         s.method = self.method_combo.currentData()
         s.observer = self.observer_combo.currentData()
+        s.activation_observer = self.activation_combo.currentData()
         s.percentile = self.percentile_spin.value()
         s.calibration_samples = self.samples_spin.value()
         s.calibration_seq_len = self.seq_len_spin.value()

@@ -99,3 +99,22 @@ def test_console_script_runs_headless_without_qt():
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_quantize_w8a8_and_budget_options_and_the_stages_command(capsys, tiny_model_dir, tmp_path):
+    common = ["--seq-len", "32", "--samples", "2", "--no-perplexity", "--json", "--group-size", "32"]
+    code, out, _ = run_cli(capsys, "quantize", str(tiny_model_dir), "--precision", "int8", "--w8a8",
+                           "--smoothquant", "--activation-observer", "entropy", *common)  # fmt: skip
+    assert code == 0
+    settings = json.loads(out)["settings"]
+    assert settings["activations"] and settings["smoothquant"]
+    assert settings["activation_observer"] == "entropy"
+    code, out, err = run_cli(capsys, "quantize", str(tiny_model_dir), "--budget-mb", "0.001", *common)
+    assert code == 1 and "over the budget" in out + err
+    code, out, _ = run_cli(capsys, "stages", str(tiny_model_dir), "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["stages"] == [16, 8] and len(data["layers"]) == 14
+    assert data["summary"]["stage_sqnr_db"][0] > 80
+    code, out, _ = run_cli(capsys, "stages", str(tiny_model_dir), "--stages", "8,16")
+    assert code == 1

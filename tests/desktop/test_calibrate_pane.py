@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PySide6.QtCore import Qt
 
 from core import project as projects
 from core.models import sources
@@ -152,3 +153,22 @@ def test_cancel_saves_nothing(qtbot, pane, tiny_model_dir):
     assert session.project.runs == []
     quantized = session.project.folder / "artifacts" / "quantized"
     assert not quantized.exists() or not any(p for p in quantized.iterdir() if not p.name.startswith("."))
+
+
+def test_w8a8_shows_the_activation_ranges_and_their_s_and_z(qtbot, pane, tiny_model_dir):
+    from core.quant.affine import scale_zero
+
+    session = pane.session
+    load(qtbot, session, tiny_model_dir)
+    configure(session, precision="int8", granularity="channel", symmetric=True, activations=True,
+              smoothquant=True, method="rtn")  # fmt: skip
+    pane.refresh()
+    assert pane.settings_bar.activation_combo.isVisible()
+    report = quantize(qtbot, pane)
+    table = pane.report_view.activation_table
+    assert table.isVisible() and table.rowCount() == 14
+    name = table.item(0, 0).text()
+    lo, hi = report["activations"]["layers"][name]
+    scale, zero = scale_zero(torch.tensor(lo), torch.tensor(hi), 8, False)
+    assert float(table.item(0, 3).data(Qt.ItemDataRole.UserRole)) == pytest.approx(float(scale), rel=1e-5)
+    assert table.item(0, 4).text() == str(int(zero))

@@ -122,3 +122,32 @@ def test_nf4_fixes_the_scheme_and_picks_bitsandbytes(qtbot, pane, tiny_model_dir
     assert sizes["int8"] > sizes["nf4"] > sizes["int2"]
     pane.precision_combo.setCurrentIndex(pane.precision_combo.findData("int4"))
     assert pane.settings.method == "gptq"
+
+
+def test_w8a8_smoothquant_and_the_size_budget_reach_the_settings(qtbot, pane, tiny_model_dir):
+    load(qtbot, pane, tiny_model_dir)
+    pane.precision_combo.setCurrentIndex(pane.precision_combo.findData("int8"))
+    assert not pane.smooth_check.isEnabled()
+    pane.activations_radio.setChecked(True)
+    assert pane.smooth_check.isEnabled()
+    pane.smooth_check.setChecked(True)
+    assert pane.settings.activations and pane.settings.smoothquant
+    suggested = pane.budget_box.spin.value()
+    assert suggested == pytest.approx(pane.estimate.bytes_after * 1.05 / 1e6, abs=0.1)
+    pane.budget_box.check.setChecked(True)
+    assert pane.settings.budget_mb == pytest.approx(suggested)
+    assert "At most" in pane.size_label.text()
+    pane.precision_combo.setCurrentIndex(pane.precision_combo.findData("bf16"))
+    assert pane.settings.budget_mb == 0.0 and not pane.settings.activations
+    assert not pane.budget_box.isEnabled()
+
+
+def test_the_multistage_path_is_measured_on_demand(qtbot, pane, tiny_model_dir):
+    load(qtbot, pane, tiny_model_dir)
+    with qtbot.waitSignal(pane.multistage_box.measured, timeout=60_000) as got:
+        pane.multistage_box.run_button.click()
+    report = got.args[0]
+    assert report.stages == (16, 8) and len(report.layers) == 14
+    text = pane.multistage_box.result.text()
+    assert "FP32 → INT16" in text and "INT16 → INT8" in text and "directly" in text
+    qtbot.waitUntil(lambda: pane.multistage_box.run_button.isEnabled())
