@@ -29,6 +29,17 @@ ROWS = {
     "nf4": ("NF4 (bitsandbytes)", {"precision": "nf4", "method": "bitsandbytes"}),
     "fp4": ("FP4 (bitsandbytes)", {"precision": "fp4", "method": "bitsandbytes"}),
 }  # fmt: skip
+# More rows, on request (--rows): W8A8, SmoothQuant + W8A8, and a size budget 5 % over uniform INT4.
+EXTRA = {
+    "w8a8": ("W8A8 (static activations)", {"precision": "int8", "granularity": "channel", "symmetric": True,
+                                            "activations": True, "calibration_samples": 16}),
+    "smooth": ("SmoothQuant + W8A8", {"precision": "int8", "granularity": "channel", "symmetric": True,
+                                       "activations": True, "smoothquant": True, "calibration_samples": 16}),
+    "budget": ("INT4 g64 + INT8 layers, 181.7 MB budget", {"precision": "int4", "granularity": "group",
+                                                            "group_size": 64, "budget_mb": 181.7}),
+}  # fmt: skip
+ROWS.update(EXTRA)
+DEFAULT_ROWS = "fp32,int8,rtn,gptq,awq,nf4,fp4"
 
 
 def load_default():
@@ -63,7 +74,7 @@ def quantize(loaded, settings: dict, repeat: int) -> tuple[float, int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1, help="quantize runs per row (median time)")
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
+    parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated, of {', '.join(ROWS)}")
     args = parser.parse_args()
     import torch
 

@@ -133,6 +133,8 @@ def _load_folder(folder: Path, params: LoadParams, ctx: JobContext):
     import torch
     from transformers import AutoModelForCausalLM
 
+    if (folder / "quantization.json").is_file() and not (folder / "model.safetensors").exists():
+        return _load_quanttune_folder(folder, ctx)
     ctx.stage(f"Checking {folder.name}")
     info = safety.inspect_folder(folder, params.allow_pickle, params.trust_remote_code)
     ctx.check_cancelled()
@@ -150,6 +152,18 @@ def _load_folder(folder: Path, params: LoadParams, ctx: JobContext):
     _refuse_missing_weights(loading_info, folder)
     ctx.check_cancelled()
     tokenizer = _load_tokenizer(folder, ctx, trust_remote_code=params.trust_remote_code)
+    return model, tokenizer
+
+
+def _load_quanttune_folder(folder: Path, ctx: JobContext):
+    """A model QuantTune quantized and saved (integer codes, scales and zero points in safetensors;
+    see core.quant.artifact): rebuilt from its config, never running code from the folder."""
+    from core.quant.artifact import load_quantized
+
+    ctx.stage(f"Loading the quantized model in {folder.name}")
+    model, tokenizer, _quantized, _meta = load_quantized(folder)
+    if tokenizer is None:
+        raise CorruptModel(f"{folder.name} has no tokenizer files.", "Quantize the model again.")
     return model, tokenizer
 
 

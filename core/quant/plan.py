@@ -39,6 +39,7 @@ class SizeEstimate:
     bytes_after: int
     parameters: int
     quantized_weights: int  # weights in layers stored below 16 bits
+    unquantized_bytes: int = 0  # embeddings, norms and biases: never quantized here
 
     @property
     def bits_per_weight(self) -> float:
@@ -106,7 +107,7 @@ def estimate_size(model: Any, settings: Any, recommended: dict | None = None) ->
         low += _numel(shape) if CODE_BITS[precision] < 16 else 0
     rest = parameters - sum(_numel(s) for s in linears.values())
     after = int((bits + rest * rest_bits) / 8)
-    return SizeEstimate(parameters * 4, after, parameters, low)
+    return SizeEstimate(parameters * 4, after, parameters, low, rest * rest_bits // 8)
 
 
 def quantizable_layers(model: Any, include_head: bool = False) -> dict[str, tuple[int, ...]]:

@@ -182,3 +182,27 @@ def _format_of(folder: Path) -> str:
         return json.loads((folder / "quantization.json").read_text(encoding="utf-8")).get("format", "")
     except (OSError, ValueError, AttributeError):
         return ""  # the loader names the problem
+
+
+@dataclass(frozen=True)
+class CopyParams:
+    source: Path
+    target: Path
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not Path(self.source).is_dir():
+            problems.append(f"the run's folder {self.source} is missing")
+        if Path(self.target).exists():
+            problems.append(f"{self.target} already exists: choose a new folder name")
+        return problems
+
+
+def copy_run(params: CopyParams, ctx: Any) -> Path:
+    """Copy a saved run (the whole model folder) to ``target``, all or nothing."""
+    from core import atomic
+
+    ctx.stage(f"Copying to {params.target}")
+    with atomic.staged_dir(Path(params.target)) as tmp:
+        shutil.copytree(params.source, tmp, dirs_exist_ok=True)
+    return Path(params.target)

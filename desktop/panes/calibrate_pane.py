@@ -40,6 +40,12 @@ def _quantize_job(params: Any, ctx) -> Any:
     return job.run(params, ctx)
 
 
+def _copy_job(params: Any, ctx) -> Any:
+    from core.quant import runs
+
+    return runs.copy_run(params, ctx)
+
+
 def _reload_job(params: Any, ctx) -> Any:
     from core.quant import runs
 
@@ -120,6 +126,7 @@ class CalibratePane(QWidget):
         self.runs_table.showRequested.connect(self.show_run)
         self.runs_table.loadRequested.connect(self.load_run)
         self.runs_table.deleteRequested.connect(self.delete_run)
+        self.runs_table.exportRequested.connect(self.export_run)
         self.scales_view.numbersChanged.connect(self.learn.set_numbers)
         s = self.session
         s.projectChanged.connect(self._on_project_changed)
@@ -336,6 +343,38 @@ class CalibratePane(QWidget):
             check = f"its outputs differ from when it was quantized (by up to {reloaded.max_difference:.3g})."
         self.status_label.setText(f"Loaded from disk; {check}")
         self.runLoaded.emit(reloaded)
+
+    @Slot(str)
+    def export_run(self, run_id: str) -> JobHandle | None:
+        """Copy a saved run's model folder to a new folder the user names."""
+        from pathlib import Path
+
+        from core.quant import runs
+
+        record = self._record(run_id)
+        if record is None:
+            return None
+        project = self.session.project
+        target = dialogs.choose_save_file(
+            self, "Save a copy of the quantized model", "Folders (*)", str(project.folder.parent / run_id)
+        )
+        if target is None:
+            return None
+        params = runs.CopyParams(runs.run_path(project, record), Path(target))
+        if problems := params.validate():
+            self.error_panel.show_message(
+                f"Cannot save there: {'; '.join(problems)}.", "Choose another name."
+            )
+            return None
+        handle = self.runner.start(_copy_job, params, name=f"Saving a copy of {record['label']}", owner=self)
+        handle.succeeded.connect(self._on_copied)
+        handle.failed.connect(self.error_panel.show_error)
+        self.job_bar.bind(handle)
+        return handle
+
+    @Slot(object)
+    def _on_copied(self, path: Any) -> None:
+        self.status_label.setText(f"Saved a copy in {path}: it reloads with QuantTune (Load model → folder).")
 
     @Slot(str)
     def delete_run(self, run_id: str) -> None:

@@ -361,7 +361,8 @@ class PrecisionPane(QWidget):
         self.size_label.setText(
             f"<b>{format_bytes(e.bytes_after)}</b> after quantizing, "
             f"<b>{e.bits_per_weight:.2f} bits per weight</b> (scales and zero points included) — "
-            f"{e.ratio:.1f}× smaller than FP32 ({format_bytes(e.bytes_before)})."
+            f"{e.ratio:.1f}× smaller than FP32 ({format_bytes(e.bytes_before)}). Of that, "
+            f"{format_bytes(e.unquantized_bytes)} are embeddings and norms, which stay as they are."
         )
         if self.settings.budget_mb > 0:
             self.size_label.setText(

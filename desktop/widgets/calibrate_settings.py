@@ -35,7 +35,13 @@ METHODS = (
 OBSERVERS = (
     ("minmax", "Min-max", "The block's extremes: nothing is clipped, one outlier stretches the grid"),
     ("percentile", "Percentile", "Clip the rarest values: the range covers the central percentile"),
-    ("mse", "MSE-optimal", "The clipping range with the least squared error, searched on a grid"),
+    (
+        "mse",
+        "MSE-optimal",
+        "The clipping range with the least squared weight error, searched on a grid. "
+        "It can clip the rare large weights that matter most: on the default model RTN at INT4 group-64 "
+        "scored perplexity 35.7 with it against 32.2 with min-max; GPTQ corrects for it (28.2 against 27.9)",
+    ),
 )
 ACTIVATION_OBSERVERS = (
     ("minmax", "Min-max", "The extremes seen over all calibration tokens"),

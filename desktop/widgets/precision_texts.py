@@ -67,7 +67,8 @@ def recommendation_text(recs: dict) -> str:
 
 
 def granularity_text(s: Any, loaded: Any) -> str:
-    text = next(tip for key, _, tip in GRANULARITIES if key == s.granularity).capitalize() + "."
+    tip = next(tip for key, _, tip in GRANULARITIES if key == s.granularity)
+    text = tip[0].upper() + tip[1:] + "."
     if s.granularity == "group" and loaded is not None:
         from core.quant.plan import quantizable_layers
 

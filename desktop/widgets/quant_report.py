@@ -111,7 +111,10 @@ class QuantReportView(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().hide()
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSortIndicator(0, Qt.SortOrder.AscendingOrder)
         self.table.itemSelectionChanged.connect(self._on_table_selection)
         self.activation_table = QTableWidget(0, 5)
         self.activation_table.setHorizontalHeaderLabels(["Input of", "lo", "hi", "S", "Z"])
@@ -130,7 +133,7 @@ class QuantReportView(QWidget):
         tables.addWidget(self.activation_table)
         splitter.addWidget(self.plot_holder)
         splitter.addWidget(tables)
-        splitter.setSizes([620, 420])
+        splitter.setSizes([560, 560])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addWidget(self.summary)
@@ -150,7 +153,7 @@ class QuantReportView(QWidget):
         item.setLabel("left", "SQNR (dB)")
         item.showGrid(x=True, y=True, alpha=0.15)
         item.setMenuEnabled(False)
-        item.addLegend(offset=(-10, 10), labelTextSize="8pt")
+        item.addLegend(offset=(10, 5), labelTextSize="8pt", colCount=len(KIND_COLOURS))
         self.plot_holder.layout().addWidget(self.plot)
         if self.report is not None:
             self._draw()
@@ -163,6 +166,8 @@ class QuantReportView(QWidget):
         self.table.setRowCount(len(layers))
         for row, layer in enumerate(layers):
             name = _SortableItem(layer["name"])
+            name.setData(Qt.ItemDataRole.UserRole, float(row))  # sorting by name keeps model order
+            name.setToolTip(layer["name"])
             self.table.setItem(row, 0, name)
             bits = layer["bits"]
             self.table.setItem(row, 1, _number_item(float(bits), f"{bits}"))
@@ -199,6 +204,10 @@ class QuantReportView(QWidget):
             points.sigClicked.connect(self._on_points_clicked)
             item.addItem(points)
         item.enableAutoRange()
+        ys = [y for _, _, values in _series(layers) for y in values]
+        if ys:  # room above the points for the legend's row
+            low, high = min(ys), max(ys)
+            item.setYRange(low - 0.05 * (high - low or 1), high + 0.25 * (high - low or 1), padding=0)
 
     @Slot(object, object)
     def _on_points_clicked(self, _item: Any, points: Any) -> None:

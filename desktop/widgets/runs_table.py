@@ -25,11 +25,13 @@ ID_ROLE = Qt.ItemDataRole.UserRole + 1
 
 class RunsTable(QWidget):
     """Signals: ``showRequested(str)`` (run id: show its report), ``deleteRequested(str)``,
-    ``loadRequested(str)`` (load that quantized model into the app, e.g. to ask it)."""
+    ``loadRequested(str)`` (load that quantized model into the app, e.g. to ask it),
+    ``exportRequested(str)`` (copy the saved model to a folder of the user's choice)."""
 
     showRequested = Signal(str)
     deleteRequested = Signal(str)
     loadRequested = Signal(str)
+    exportRequested = Signal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -39,21 +41,28 @@ class RunsTable(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().hide()
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.doubleClicked.connect(self._on_show)
         self.show_button = QPushButton("Show report")
         self.load_button = QPushButton("Load this model")
         self.load_button.setToolTip("Make this quantized model the app's model (e.g. to ask it a question)")
+        self.export_button = QPushButton("Save a copy…")
+        self.export_button.setToolTip(
+            "Copy this quantized model (weights, scales, config, tokenizer) to a folder"
+        )
         self.delete_button = QPushButton("Delete run…")
         for button, slot in (
             (self.show_button, self._on_show),
             (self.load_button, self._on_load),
+            (self.export_button, self._on_export),
             (self.delete_button, self._on_delete),
         ):
             button.clicked.connect(slot)
         self.table.itemSelectionChanged.connect(self._update_buttons)
         buttons = QHBoxLayout()
-        for button in (self.show_button, self.load_button, self.delete_button):
+        for button in (self.show_button, self.load_button, self.export_button, self.delete_button):
             buttons.addWidget(button)
         buttons.addStretch(1)
         layout = QVBoxLayout(self)
@@ -105,7 +114,7 @@ class RunsTable(QWidget):
     @Slot()
     def _update_buttons(self) -> None:
         chosen = self.selected_id() is not None
-        for button in (self.show_button, self.load_button, self.delete_button):
+        for button in (self.show_button, self.load_button, self.export_button, self.delete_button):
             button.setEnabled(chosen)
 
     @Slot()
@@ -117,6 +126,11 @@ class RunsTable(QWidget):
     def _on_load(self) -> None:
         if (run_id := self.selected_id()) is not None:
             self.loadRequested.emit(run_id)
+
+    @Slot()
+    def _on_export(self) -> None:
+        if (run_id := self.selected_id()) is not None:
+            self.exportRequested.emit(run_id)
 
     @Slot()
     def _on_delete(self) -> None:

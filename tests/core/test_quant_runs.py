@@ -1,6 +1,7 @@
 """Quantize runs recorded in the project, compared and deleted."""
 
 import pytest
+import torch
 
 from core import project as projects
 from core.errors import QuantTuneError
@@ -63,3 +64,17 @@ def test_a_reloaded_run_answers_exactly_as_when_it_was_quantized(tiny_loaded, tm
     save_file(tensors, path)
     changed = run_job(runs.reload_run, runs.ReloadParams(tmp_path / "r"), JobContext())
     assert changed.identical is False and changed.max_difference > 0
+
+
+def test_a_saved_run_and_its_copy_load_like_any_model(tiny_loaded, tmp_path):
+    from core.models import loading, sources
+
+    folder = tmp_path / "run"
+    params = job.QuantizeParams(tiny_loaded, precision="int4", group_size=32, output=str(folder), **FAST)
+    report = run_job(job.run, params, JobContext())
+    copy = run_job(runs.copy_run, runs.CopyParams(folder, tmp_path / "copy"), JobContext())
+    assert runs.CopyParams(folder, copy).validate()  # the target exists now: refused
+    loaded = run_job(loading.run, loading.LoadParams(sources.resolve(str(copy)), device="cpu"), JobContext())
+    ids = torch.tensor([[1, 5, 9, 12, 40]])
+    with torch.no_grad():
+        assert torch.equal(loaded.model(ids).logits, report.model(ids).logits)

@@ -172,3 +172,21 @@ def test_w8a8_shows_the_activation_ranges_and_their_s_and_z(qtbot, pane, tiny_mo
     scale, zero = scale_zero(torch.tensor(lo), torch.tensor(hi), 8, False)
     assert float(table.item(0, 3).data(Qt.ItemDataRole.UserRole)) == pytest.approx(float(scale), rel=1e-5)
     assert table.item(0, 4).text() == str(int(zero))
+
+
+def test_save_a_copy_of_a_run(qtbot, pane, tiny_model_dir, scripted_dialogs, tmp_path):
+    session = pane.session
+    session.new_project("copied")
+    load(qtbot, session, tiny_model_dir)
+    configure(session, precision="int8", method="rtn")
+    pane.refresh()
+    quantize(qtbot, pane)
+    run = session.project.runs[0]
+    pane.runs_table.select(run["id"])
+    scripted_dialogs.answer("choose_save_file", tmp_path / "my-int8")
+    with qtbot.waitSignal(pane.runner.jobsChanged, timeout=JOB_TIMEOUT_MS):
+        pane.runs_table.export_button.click()
+    qtbot.waitUntil(lambda: "Saved a copy" in pane.status_label.text(), timeout=JOB_TIMEOUT_MS)
+    assert (tmp_path / "my-int8" / "quantization.json").is_file()
+    scripted_dialogs.answer("choose_save_file", tmp_path / "my-int8")  # exists now: refused, nothing run
+    assert pane.export_run(run["id"]) is None and "already exists" in pane.error_panel.message.text()
