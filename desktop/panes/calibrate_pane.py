@@ -13,7 +13,7 @@ import dataclasses
 from functools import partial
 from typing import Any
 
-from PySide6.QtCore import QTimer, Signal, Slot
+from PySide6.QtCore import Signal, Slot
 from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QTabWidget, QVBoxLayout, QWidget
 
@@ -399,19 +399,6 @@ def _weight_of(modules: dict[str, Any], name: str) -> Any:
 if __name__ == "__main__":  # preview: python -m desktop.panes.calibrate_pane
     import sys
 
-    from PySide6.QtWidgets import QApplication
+    from desktop.preview import load_default, preview
 
-    from core.models import sources
-    from desktop.jobs import JobRunner
-
-    app = QApplication(sys.argv)
-    runner = JobRunner()
-    session = Session(runner)
-    pane = CalibratePane(session)
-    pane.resize(1280, 900)
-    pane.show()
-    QTimer.singleShot(0, partial(session.load_model, sources.DEFAULT_REF))
-    code = app.exec()
-    runner.cancel_all()
-    runner.wait_all(30_000)
-    sys.exit(code)
+    sys.exit(preview(CalibratePane, (1280, 900), load_default))

@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QBuffer, QIODevice, Qt, QTimer, Signal, Slot
+from PySide6.QtCore import QBuffer, QIODevice, Qt, Signal, Slot
 from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import (
     QLabel,
@@ -510,20 +510,8 @@ class InspectPane(QWidget):
 if __name__ == "__main__":  # preview: python -m desktop.panes.inspect_pane [model folder or .gguf]
     import sys
 
-    from PySide6.QtWidgets import QApplication
-
     from core.models import sources
-    from desktop.jobs import JobRunner
+    from desktop.preview import preview
 
-    app = QApplication(sys.argv)
-    runner = JobRunner()
-    session = Session(runner)
-    pane = InspectPane(session)
-    pane.resize(1200, 900)
-    pane.show()
     ref = sources.resolve(sys.argv[1]) if len(sys.argv) > 1 else sources.DEFAULT_REF
-    QTimer.singleShot(0, partial(session.load_model, ref))
-    code = app.exec()
-    runner.cancel_all()
-    runner.wait_all(30_000)
-    sys.exit(code)
+    sys.exit(preview(InspectPane, (1200, 900), lambda session: session.load_model(ref)))

@@ -382,19 +382,6 @@ class LoadPane(QScrollArea):
 if __name__ == "__main__":  # preview: python -m desktop.panes.load_pane
     import sys
 
-    from PySide6.QtCore import QTimer
-    from PySide6.QtWidgets import QApplication
+    from desktop.preview import preview
 
-    from desktop.jobs import JobRunner
-
-    app = QApplication(sys.argv)
-    runner = JobRunner()
-    session = Session(runner)
-    pane = LoadPane(session)
-    pane.resize(1100, 800)
-    pane.show()
-    QTimer.singleShot(0, session.detect_devices)
-    code = app.exec()
-    runner.cancel_all()
-    runner.wait_all(30_000)
-    sys.exit(code)
+    sys.exit(preview(LoadPane, (1100, 800), Session.detect_devices))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import (
     QButtonGroup,
@@ -412,19 +412,6 @@ def symmetric_default(recommended: dict) -> bool:
 if __name__ == "__main__":  # preview: python -m desktop.panes.precision_pane
     import sys
 
-    from PySide6.QtWidgets import QApplication
+    from desktop.preview import load_default, preview
 
-    from core.models import sources
-    from desktop.jobs import JobRunner
-
-    app = QApplication(sys.argv)
-    runner = JobRunner()
-    session = Session(runner)
-    pane = PrecisionPane(session)
-    pane.resize(1200, 800)
-    pane.show()
-    QTimer.singleShot(0, partial(session.load_model, sources.DEFAULT_REF))
-    code = app.exec()
-    runner.cancel_all()
-    runner.wait_all(30_000)
-    sys.exit(code)
+    sys.exit(preview(PrecisionPane, (1200, 800), load_default))

@@ -11,17 +11,15 @@ from typing import Any
 
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import (
-    QAbstractItemView,
-    QHeaderView,
     QLabel,
     QSplitter,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
 from desktop.formatting import format_bytes, format_seconds
+from desktop.widgets.tables import read_only_table
 
 COLUMNS = ("Layer", "Bits", "MSE", "SQNR (dB)")
 KIND_COLOURS = {
@@ -105,22 +103,11 @@ class QuantReportView(QWidget):
         self.report: dict[str, Any] | None = None
         self.summary = QLabel(wordWrap=True, objectName="summary")
         self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().hide()
+        self.table = read_only_table(COLUMNS)
         header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         header.setSortIndicator(0, Qt.SortOrder.AscendingOrder)
         self.table.itemSelectionChanged.connect(self._on_table_selection)
-        self.activation_table = QTableWidget(0, 5)
-        self.activation_table.setHorizontalHeaderLabels(["Input of", "lo", "hi", "S", "Z"])
-        self.activation_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.activation_table.verticalHeader().hide()
-        self.activation_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.activation_table = read_only_table(("Input of", "lo", "hi", "S", "Z"))
         self.activation_table.setToolTip(
             "W8A8: the static range of each layer's input that calibration chose"
         )

@@ -7,17 +7,15 @@ from typing import Any
 
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QHBoxLayout,
-    QHeaderView,
     QPushButton,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
 from desktop.formatting import format_bytes, format_seconds
+from desktop.widgets.tables import read_only_table
 
 COLUMNS = ("Run", "Size", "Bits/weight", "Perplexity before", "Perplexity after", "Change", "Time", "When")
 ID_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -35,15 +33,7 @@ class RunsTable(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().hide()
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table = read_only_table(COLUMNS)
         self.table.doubleClicked.connect(self._on_show)
         self.show_button = QPushButton("Show report")
         self.load_button = QPushButton("Load this model")

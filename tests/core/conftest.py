@@ -97,3 +97,15 @@ def tiny_gguf(tmp_path_factory, tiny_tokenizer) -> Path:
     """The tiny model (same seed as tiny_model_dir) as a GGUF file. Read-only."""
     folder = tmp_path_factory.mktemp("tiny-gguf")
     return write_tiny_gguf(build_tiny_model(tiny_tokenizer), tiny_tokenizer, folder / "tiny.gguf")
+
+
+@pytest.fixture(scope="module")
+def data(tiny_tokenizer):
+    """Calibration and held-out batches [8, 64] from two different word texts."""
+    from core.quant.calibration import calibration_batches
+    from tests.core.calibration_data import words
+
+    return (
+        calibration_batches(tiny_tokenizer, words(1), 8, 64),
+        calibration_batches(tiny_tokenizer, words(2), 8, 64),
+    )

@@ -4,7 +4,6 @@ activation quantization (W8A8 hooks), on the tiny 2-layer Llama."""
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
@@ -20,35 +19,11 @@ from core.quant.activations import (
     ranges_to_json,
     remove,
 )
-from core.quant.calibration import calibration_batches, linear_layers
+from core.quant.calibration import linear_layers
+from tests.core.calibration_data import one_thread, words  # noqa: F401 - an autouse fixture
 from tests.tiny_models import build_tiny_model
 
-WORDS = ["the", "capital", "of", "france", "is", "paris", "and", "rome", "quantization", "maps"]
-WORDS += ["weights", "to", "a", "small", "grid", "while"]
 DOWN = "model.layers.1.mlp.down_proj"
-
-
-def words(seed: int, count: int = 2500) -> str:
-    rng = random.Random(seed)
-    return " ".join(rng.choice(WORDS) for _ in range(count))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The tiny model's matrices are small: on a loaded machine a second thread costs waits, not speed.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data(tiny_tokenizer):
-    """Calibration and held-out batches [8, 64] from different texts."""
-    return (
-        calibration_batches(tiny_tokenizer, words(1), 8, 64),
-        calibration_batches(tiny_tokenizer, words(2), 8, 64),
-    )
 
 
 @pytest.fixture

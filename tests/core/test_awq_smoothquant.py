@@ -7,7 +7,6 @@ Real LLMs have a few input channels 10–100× larger than the rest: the case bo
 from __future__ import annotations
 
 import copy
-import random
 
 import pytest
 import torch
@@ -18,37 +17,13 @@ from core.jobs import JobContext
 from core.quant.activations import activation_ranges, attach_activation_quant, collect_input_stats, remove
 from core.quant.affine import Scheme, fake_quantize
 from core.quant.awq import awq_scale, awq_scales, output_error, search_alpha
-from core.quant.calibration import calibration_batches, linear_layers
+from core.quant.calibration import linear_layers
 from core.quant.smoothquant import smooth, smoothing_groups
+from tests.core.calibration_data import one_thread, words  # noqa: F401 - an autouse fixture
 from tests.tiny_models import build_tiny_model
 
-WORDS = ["the", "capital", "of", "france", "is", "paris", "and", "rome", "quantization", "maps"]
-WORDS += ["weights", "to", "a", "small", "grid", "while"]
 W8 = Scheme(8, True, "channel")
 W4 = Scheme(4, False, "group", 16)  # the tiny model is 32 and 64 wide
-
-
-def words(seed: int, count: int = 2500) -> str:
-    rng = random.Random(seed)
-    return " ".join(rng.choice(WORDS) for _ in range(count))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The tiny model's matrices are small: on a loaded machine a second thread costs waits, not speed.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data(tiny_tokenizer):
-    """Calibration and held-out batches [8, 64] from different texts."""
-    return (
-        calibration_batches(tiny_tokenizer, words(1), 8, 64),
-        calibration_batches(tiny_tokenizer, words(2), 8, 64),
-    )
 
 
 def with_outliers(model):

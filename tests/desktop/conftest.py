@@ -112,3 +112,32 @@ def no_config_dir(tmp_path_factory):
     from tests import tiny_models
 
     return tiny_models.save_folder_without_config(tmp_path_factory.mktemp("models") / "no-config")
+
+
+# -- panes -------------------------------------------------------------------------------------
+@pytest.fixture
+def session(runner):
+    from desktop.session import Session
+
+    return Session(runner)
+
+
+@pytest.fixture
+def open_pane(qtbot, session):
+    """``open_pane(PaneClass, (w, h))``: the pane on this test's session, shown; on teardown its
+    jobs are cancelled and waited for, then it is closed."""
+    opened = []
+
+    def open_(cls, size=(1200, 900)):
+        widget = cls(session)
+        widget.resize(*size)
+        widget.show()
+        opened.append(widget)
+        return widget
+
+    yield open_
+    session.runner.cancel_all()
+    session.runner.wait_all(10_000)
+    for widget in opened:
+        widget.close()
+        widget.deleteLater()

@@ -19,20 +19,8 @@ FAST = {"calibration_samples": 2, "calibration_seq_len": 32}
 
 
 @pytest.fixture
-def session(runner):
-    return Session(runner)
-
-
-@pytest.fixture
-def pane(qtbot, session):
-    widget = CalibratePane(session)
-    widget.resize(1280, 900)
-    widget.show()
-    yield widget
-    session.runner.cancel_all()
-    session.runner.wait_all(10_000)
-    widget.close()
-    widget.deleteLater()
+def pane(open_pane):
+    return open_pane(CalibratePane, (1280, 900))
 
 
 def load(qtbot, session, folder):

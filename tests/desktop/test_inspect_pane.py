@@ -14,7 +14,6 @@ from PySide6.QtCore import QPoint, Qt
 from core import project as projects
 from core.models import sources
 from desktop.panes.inspect_pane import InspectPane, source_of
-from desktop.session import Session
 from desktop.widgets.scheme_evidence import AGREE, DISAGREE
 from desktop.widgets.tensor_table import COL, ERROR_BG, NAME_ROLE
 
@@ -23,20 +22,8 @@ JOB_TIMEOUT_MS = 30_000
 
 
 @pytest.fixture
-def session(runner):
-    return Session(runner)
-
-
-@pytest.fixture
-def pane(qtbot, session):
-    widget = InspectPane(session)
-    widget.resize(1200, 900)
-    widget.show()
-    yield widget
-    session.runner.cancel_all()
-    session.runner.wait_all(10_000)
-    widget.close()
-    widget.deleteLater()
+def pane(open_pane):
+    return open_pane(InspectPane, (1200, 900))
 
 
 @pytest.fixture(scope="session")

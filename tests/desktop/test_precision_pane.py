@@ -8,26 +8,13 @@ import pytest
 from core import project as projects
 from core.models import sources
 from desktop.panes.precision_pane import PrecisionPane
-from desktop.session import Session
 
 LOAD_TIMEOUT_MS = 120_000
 
 
 @pytest.fixture
-def session(runner):
-    return Session(runner)
-
-
-@pytest.fixture
-def pane(qtbot, session):
-    widget = PrecisionPane(session)
-    widget.resize(1200, 800)
-    widget.show()
-    yield widget
-    session.runner.cancel_all()
-    session.runner.wait_all(10_000)
-    widget.close()
-    widget.deleteLater()
+def pane(open_pane):
+    return open_pane(PrecisionPane, (1200, 800))
 
 
 def load(qtbot, pane, folder):
