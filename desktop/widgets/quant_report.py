@@ -140,7 +140,7 @@ class QuantReportView(QWidget):
         item.setLabel("left", "SQNR (dB)")
         item.showGrid(x=True, y=True, alpha=0.15)
         item.setMenuEnabled(False)
-        item.addLegend(offset=(10, 5), labelTextSize="8pt", colCount=len(KIND_COLOURS))
+        item.addLegend(offset=(10, 5), labelTextSize="8pt", colCount=4)
         self.plot_holder.layout().addWidget(self.plot)
         if self.report is not None:
             self._draw()
@@ -194,7 +194,7 @@ class QuantReportView(QWidget):
         ys = [y for _, _, values in _series(layers) for y in values]
         if ys:  # room above the points for the legend's row
             low, high = min(ys), max(ys)
-            item.setYRange(low - 0.05 * (high - low or 1), high + 0.25 * (high - low or 1), padding=0)
+            item.setYRange(low - 0.05 * (high - low or 1), high + 0.35 * (high - low or 1), padding=0)
 
     @Slot(object, object)
     def _on_points_clicked(self, _item: Any, points: Any) -> None:
