@@ -29,7 +29,8 @@ ROWS = {
     "nf4": ("NF4 (bitsandbytes)", {"precision": "nf4", "method": "bitsandbytes"}),
     "fp4": ("FP4 (bitsandbytes)", {"precision": "fp4", "method": "bitsandbytes"}),
 }  # fmt: skip
-# More rows, on request (--rows): W8A8, SmoothQuant + W8A8, and a size budget 5 % over uniform INT4.
+# More rows, on request (--rows): W8A8, SmoothQuant + W8A8, a size budget 5 % over uniform INT4, and
+# the token embeddings quantized too.
 EXTRA = {
     "w8a8": ("W8A8 (static activations)", {"precision": "int8", "granularity": "channel", "symmetric": True,
                                             "activations": True, "calibration_samples": 16}),
@@ -37,6 +38,10 @@ EXTRA = {
                                        "activations": True, "smoothquant": True, "calibration_samples": 16}),
     "budget": ("INT4 g64 + INT8 layers, 181.7 MB budget", {"precision": "int4", "granularity": "group",
                                                             "group_size": 64, "budget_mb": 181.7}),
+    "int8-emb": ("INT8 per-channel RTN, embeddings too", {"precision": "int8", "granularity": "channel",
+                                                          "symmetric": True, "include_embeddings": True}),
+    "rtn-emb": ("INT4 group-64 RTN, embeddings too", {"precision": "int4", "granularity": "group",
+                                                       "group_size": 64, "include_embeddings": True}),
 }  # fmt: skip
 ROWS.update(EXTRA)
 DEFAULT_ROWS = "fp32,int8,rtn,gptq,awq,nf4,fp4"

@@ -143,6 +143,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         observer=args.observer,
         percentile=args.percentile,
         include_head=args.include_head,
+        include_embeddings=args.include_embeddings,
         keep_layers=tuple(args.keep or ()),
         calibration_text=read_text_file(args.calibration) if args.calibration else "",
         calibration_samples=args.samples,
@@ -303,6 +304,9 @@ def _add_quantize_parser(sub) -> None:
     )
     p.add_argument("--percentile", type=float, default=99.99, help="for --observer percentile")
     p.add_argument("--include-head", action="store_true", help="quantize the LM head too")
+    p.add_argument(
+        "--include-embeddings", action="store_true", help="quantize the token embeddings too (RTN, per row)"
+    )
     p.add_argument(
         "--w8a8", action="store_true", help="quantize the layers' inputs too (INT8), static ranges"
     )

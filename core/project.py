@@ -77,6 +77,7 @@ class QuantizeSettings:
     smoothquant: bool = False  # W8A8: move activation outliers into the weights first
     activation_observer: str = "minmax"
     include_head: bool = False
+    include_embeddings: bool = False
     overrides: dict[str, str] = field(default_factory=dict)
     budget_mb: float = 0.0  # > 0: choose bits per layer to fit this size (mixed precision)
     method: str = "gptq"

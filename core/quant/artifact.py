@@ -55,7 +55,15 @@ def save_quantized(
 def _other_tensors(model, quantized: dict[str, QuantizedWeight]) -> dict:
     """Every tensor of the state dict except quantized weights; tied copies are stored once."""
     skip = {f"{name}.weight" for name in quantized}
-    seen, out = set(), {}
+    # An LM head tied to quantized embeddings is rebuilt from them on load (tie_weights): not stored.
+    # (A quantized head tied to plain embeddings is the other way round: the embeddings keep its values.)
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    seen = (
+        {embeddings.weight.untyped_storage().data_ptr()}
+        if embeddings in quantized_modules(model, quantized)
+        else set()
+    )
+    out = {}
     for key, tensor in model.state_dict().items():
         if key in skip:
             continue
@@ -65,6 +73,10 @@ def _other_tensors(model, quantized: dict[str, QuantizedWeight]) -> dict:
         seen.add(pointer)
         out[key] = tensor.detach().cpu()
     return out
+
+
+def quantized_modules(model, quantized: dict) -> list:
+    return [model.get_submodule(name) for name in quantized]
 
 
 def read_meta(folder: Path) -> dict[str, Any]:

@@ -37,6 +37,7 @@ class QuantizeParams:
     observer: str = "minmax"
     percentile: float = 99.99
     include_head: bool = False
+    include_embeddings: bool = False  # the token embeddings too (a tied LM head follows them)
     keep_layers: tuple[str, ...] = ()  # layers whose name contains one of these stay in FP32
     # (layer name, precision) pairs: these layers at another precision than the rest
     # ("int8", "int4", "int3", "int2" with the same scheme; "fp16"; "fp32" = left as it is)
@@ -80,6 +81,12 @@ class QuantizeParams:
                 problems.append(f"layer {name}: unknown precision {precision!r} "
                                 f"(choose {', '.join(LAYER_PRECISIONS)})")  # fmt: skip
         problems += self._activation_problems()
+        if self.include_embeddings and (
+            self.precision not in INT_PRECISIONS or self.method == "bitsandbytes"
+        ):
+            problems.append(
+                "embeddings are quantized to integers by the affine methods (not FP16/BF16, NF4/FP4)"
+            )
         if self.budget_mb > 0 and self.precision not in INT_PRECISIONS:
             problems.append("a size budget chooses integer bits per layer: pick INT8, INT4, INT3 or INT2")
         if not 50.0 < self.percentile < 100.0:
@@ -220,6 +227,12 @@ def _quantize_affine(params: QuantizeParams, ctx):
     else:
         quantized = _quantize_int(model, source.tokenizer, params, ctx)
         names = list(_linear_names(model, params))
+        if params.include_embeddings:
+            from core.quant.embeddings import quantize_embeddings
+
+            embedded = quantize_embeddings(model, params, ctx)
+            quantized.update(embedded)
+            names = [*embedded, *names]
     if prepared is not None:
         from core.quant import activation_aware
 

@@ -96,6 +96,10 @@ def estimate_size(model: Any, settings: Any, recommended: dict | None = None) ->
 
     scheme = Scheme(8, symmetric_of(settings, recommended or {}), settings.granularity, settings.group_size)
     linears = quantizable_layers(model, settings.include_head)
+    if getattr(settings, "include_embeddings", False) and settings.precision.startswith("int"):
+        from core.quant.embeddings import embedding_names
+
+        linears.update({n: tuple(model.get_submodule(n).weight.shape) for n in embedding_names(model)})
     parameters = sum(p.numel() for p in model.parameters())
     cast = settings.precision in ("fp16", "bf16")
     rest_bits = 16 if cast else 32
@@ -149,6 +153,7 @@ def job_params(settings: Any, recommended: dict, loaded: Any, output: str = "", 
         observer=settings.observer,
         percentile=settings.percentile,
         include_head=settings.include_head,
+        include_embeddings=settings.include_embeddings,
         overrides=tuple(sorted(settings.overrides.items())),
         calibration_text=read_text(settings.calibration_file, "calibration"),
         calibration_samples=settings.calibration_samples,

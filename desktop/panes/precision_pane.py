@@ -196,8 +196,11 @@ class PrecisionPane(QWidget):
             "same function, with activations that are easier to quantize"
         )
         self.head_check = QCheckBox("The LM head too (the last layer, often the most sensitive)")
+        self.embeddings_check = QCheckBox(
+            "The token embeddings too (rounded per row; a tied LM head follows them)"
+        )
         note = QLabel(
-            "Every linear layer is quantized; embeddings and norms stay in FP32.",
+            "Every linear layer is quantized; norms (and the embeddings, unless ticked) stay in FP32.",
             wordWrap=True,
             objectName="hint",
         )
@@ -222,6 +225,7 @@ class PrecisionPane(QWidget):
         self.scope_group.buttonToggled.connect(self._on_toggled)
         self.head_check.toggled.connect(self._on_edit)
         self.smooth_check.toggled.connect(self._on_edit)
+        self.embeddings_check.toggled.connect(self._on_edit)
         self.budget_box.budgetChanged.connect(self._on_edit)
         self.layers.overridesChanged.connect(self._on_overrides)
         s = self.session
@@ -284,6 +288,7 @@ class PrecisionPane(QWidget):
             (self.activations_radio if s.activations else self.weights_only_radio).setChecked(True)
             self.head_check.setChecked(s.include_head)
             self.smooth_check.setChecked(s.smoothquant)
+            self.embeddings_check.setChecked(s.include_embeddings)
             self.layers.set_values(s.precision, s.overrides)
         finally:
             self._filling = False
@@ -309,6 +314,7 @@ class PrecisionPane(QWidget):
         s.activations = self.activations_radio.isChecked() and s.precision == "int8"
         s.include_head = self.head_check.isChecked()
         s.smoothquant = self.smooth_check.isChecked() and s.activations
+        s.include_embeddings = self.embeddings_check.isChecked() and s.precision in INTEGER
         s.budget_mb = self.budget_box.budget_mb() if s.precision in INTEGER else 0.0
         if s.precision in ("nf4", "fp4"):
             s.method = "bitsandbytes"
@@ -344,6 +350,7 @@ class PrecisionPane(QWidget):
         self.activations_radio.setToolTip("" if s.precision == "int8" else "W8A8 is for INT8 weights")
         self.smooth_check.setEnabled(s.activations)
         self.budget_box.setEnabled(integer)
+        self.embeddings_check.setEnabled(integer)
         self.layers.setEnabled(integer)
         self._update_size()
         self._emit_status()
@@ -362,7 +369,8 @@ class PrecisionPane(QWidget):
             f"<b>{format_bytes(e.bytes_after)}</b> after quantizing, "
             f"<b>{e.bits_per_weight:.2f} bits per weight</b> (scales and zero points included) — "
             f"{e.ratio:.1f}× smaller than FP32 ({format_bytes(e.bytes_before)}). Of that, "
-            f"{format_bytes(e.unquantized_bytes)} are embeddings and norms, which stay as they are."
+            f"{format_bytes(e.unquantized_bytes)} are tensors left as they are (norms"
+            f"{'' if self.settings.include_embeddings else ', embeddings'})."
         )
         if self.settings.budget_mb > 0:
             self.size_label.setText(

@@ -185,3 +185,26 @@ def test_activation_settings_are_checked(tiny_loaded):
     ):
         with pytest.raises(InvalidSettings, match=message):
             run_job(job.run, job.QuantizeParams(tiny_loaded, **bad), JobContext())
+
+
+def test_embeddings_quantized_with_a_tied_head_reload_exactly_and_shrink(tiny_loaded, tmp_path):
+    from core.project import QuantizeSettings
+    from core.quant import plan
+
+    base = {"precision": "int4", "group_size": 32, **FAST}
+    plain = run_job(job.run, job.QuantizeParams(tiny_loaded, **base), JobContext())
+    params = job.QuantizeParams(tiny_loaded, include_embeddings=True, output=str(tmp_path / "emb"), **base)
+    report = run_job(job.run, params, JobContext())
+    assert report.layers[0].name == "model.embed_tokens" and report.layers[0].bits == 4
+    assert report.size_after_bytes < plain.size_after_bytes
+    settings = QuantizeSettings(precision="int4", group_size=32, symmetric=False, include_embeddings=True)
+    assert plan.estimate_size(tiny_loaded.model, settings).bytes_after == pytest.approx(
+        report.size_after_bytes, rel=1e-3
+    )
+    model, _, stored, _ = load_quantized(tmp_path / "emb")
+    assert "model.embed_tokens" in stored
+    ids = torch.tensor([[1, 5, 9, 12, 40]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, report.model(ids).logits)
+    if tiny_loaded.model.config.tie_word_embeddings:
+        assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()

@@ -124,6 +124,9 @@ def test_w8a8_smoothquant_and_the_size_budget_reach_the_settings(qtbot, pane, ti
     pane.budget_box.check.setChecked(True)
     assert pane.settings.budget_mb == pytest.approx(suggested)
     assert "At most" in pane.size_label.text()
+    before = pane.estimate.bytes_after
+    pane.embeddings_check.setChecked(True)
+    assert pane.settings.include_embeddings and pane.estimate.bytes_after < before
     pane.precision_combo.setCurrentIndex(pane.precision_combo.findData("bf16"))
     assert pane.settings.budget_mb == 0.0 and not pane.settings.activations
     assert not pane.budget_box.isEnabled()
