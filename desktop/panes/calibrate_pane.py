@@ -21,6 +21,7 @@ from core.errors import QuantTuneError
 from desktop import dialogs
 from desktop.jobs import JobHandle
 from desktop.session import Session
+from desktop.widgets.activation_view import ActivationView
 from desktop.widgets.ask_box import AskBox
 from desktop.widgets.calibrate_settings import CalibrateSettingsBar
 from desktop.widgets.error_panel import ErrorPanel
@@ -101,12 +102,14 @@ class CalibratePane(QWidget):
         self.report_view = QuantReportView()
         self.scales_view = ScalesView(self.runner)
         self.runs_table = RunsTable()
+        self.activation_view = ActivationView()
         self.ask_box = AskBox(self.runner)
         self.learn = LearnPanel("calibrate", expanded=True)
         self.learn.section.button.hide()
         self.tabs = QTabWidget()
         self.tabs.addTab(self.report_view, "Report")
         self.tabs.addTab(self.scales_view, "Scales and zero points")
+        self.tabs.addTab(self.activation_view, "Activations (W8A8)")
         self.tabs.addTab(self.runs_table, "Runs side by side")
         self.tabs.addTab(self.ask_box, "Ask the quantized model")
         self.tabs.addTab(self.learn, "Learn: x → q → x′")
@@ -266,6 +269,7 @@ class CalibratePane(QWidget):
     def _show(self, report: dict[str, Any] | None, run_id: str | None = None) -> None:
         self.shown_report, self.shown_run_id = report, run_id
         self.report_view.set_report(report)
+        self.activation_view.set_activations(report.get("activations") if report else None)
         if report is None:
             self.scales_view.set_data(None, None)
             self.ask_box.set_model(None)

@@ -51,24 +51,6 @@ def _number_item(value: float, text: str) -> QTableWidgetItem:
     return item
 
 
-def activation_rows(activations: dict[str, Any] | None) -> list[tuple[str, float, float, float, int]]:
-    """(layer, lo, hi, S, Z) of each W8A8 input range, with the affine formulas of core.quant.affine
-    (asymmetric: the range widened to include 0, S = (hi − lo)/255, Z = round(−lo/S))."""
-    if not activations:
-        return []
-    bits, symmetric = activations.get("bits", 8), activations.get("symmetric", False)
-    rows = []
-    for name, (lo, hi) in activations.get("layers", {}).items():
-        if symmetric:
-            scale, zero = max(abs(lo), abs(hi)) / (2 ** (bits - 1) - 1), 0
-        else:
-            lo, hi = min(lo, 0.0), max(hi, 0.0)
-            scale = (hi - lo) / (2**bits - 1) or 1e-38
-            zero = round(-lo / scale)
-        rows.append((name, lo, hi, scale, zero))
-    return rows
-
-
 def sqnr_value(value: Any) -> float:
     """SQNR from a report: a float, or "inf" (exact layers) after a JSON round trip."""
     return float(value)
@@ -107,19 +89,12 @@ class QuantReportView(QWidget):
         header = self.table.horizontalHeader()
         header.setSortIndicator(0, Qt.SortOrder.AscendingOrder)
         self.table.itemSelectionChanged.connect(self._on_table_selection)
-        self.activation_table = read_only_table(("Input of", "lo", "hi", "S", "Z"))
-        self.activation_table.setToolTip(
-            "W8A8: the static range of each layer's input that calibration chose"
-        )
         self.plot_holder = QWidget()
         QVBoxLayout(self.plot_holder).setContentsMargins(0, 0, 0, 0)
         self.plot: Any = None
         splitter = QSplitter(Qt.Orientation.Horizontal, childrenCollapsible=False)
-        tables = QSplitter(Qt.Orientation.Vertical, childrenCollapsible=False)
-        tables.addWidget(self.table)
-        tables.addWidget(self.activation_table)
         splitter.addWidget(self.plot_holder)
-        splitter.addWidget(tables)
+        splitter.addWidget(self.table)
         splitter.setSizes([560, 560])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
@@ -163,20 +138,9 @@ class QuantReportView(QWidget):
             text = "exact" if math.isinf(sqnr) else f"{sqnr:.1f}"
             self.table.setItem(row, 3, _number_item(sqnr, text))
         self.table.setSortingEnabled(True)
-        self._fill_activations(report.get("activations") if report else None)
         self.summary.setText(summary_html(report) if report else "")
         if self.plot is not None:
             self._draw()
-
-    def _fill_activations(self, activations: dict[str, Any] | None) -> None:
-        rows = activation_rows(activations)
-        self.activation_table.setVisible(bool(rows))
-        self.activation_table.setRowCount(len(rows))
-        for row, (name, lo, hi, scale, zero) in enumerate(rows):
-            self.activation_table.setItem(row, 0, QTableWidgetItem(name))
-            for column, value in enumerate((lo, hi, scale), start=1):
-                self.activation_table.setItem(row, column, _number_item(value, f"{value:.4g}"))
-            self.activation_table.setItem(row, 4, _number_item(float(zero), str(zero)))
 
     def _draw(self) -> None:
         import pyqtgraph as pg

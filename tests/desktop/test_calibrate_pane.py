@@ -153,13 +153,20 @@ def test_w8a8_shows_the_activation_ranges_and_their_s_and_z(qtbot, pane, tiny_mo
     pane.refresh()
     assert pane.settings_bar.activation_combo.isVisible()
     report = quantize(qtbot, pane)
-    table = pane.report_view.activation_table
-    assert table.isVisible() and table.rowCount() == 14
+    view = pane.activation_view
+    table = view.table
+    assert table.rowCount() == 14 and not view.empty.isVisible()
     name = table.item(0, 0).text()
     lo, hi = report["activations"]["layers"][name]
     scale, zero = scale_zero(torch.tensor(lo), torch.tensor(hi), 8, False)
     assert float(table.item(0, 3).data(Qt.ItemDataRole.UserRole)) == pytest.approx(float(scale), rel=1e-5)
     assert table.item(0, 4).text() == str(int(zero))
+    histogram = report["activations"]["histograms"][name]
+    assert sum(histogram["counts"]) == histogram["values"] > 0
+    last = table.item(table.rowCount() - 1, 0).text()
+    with qtbot.waitSignal(view.inputShown, check_params_cb=lambda n: n == last):
+        table.selectRow(table.rowCount() - 1)
+    assert "Z = round(−lo / S)" in view.text.text() and last in view.text.text()
 
 
 def test_save_a_copy_of_a_run(qtbot, pane, tiny_model_dir, scripted_dialogs, tmp_path):
