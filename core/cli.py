@@ -164,8 +164,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_stages(args: argparse.Namespace) -> int:
     from core.quant import multistage
 
+    try:
+        stages = tuple(int(b) for b in args.stages.split(","))
+    except ValueError:
+        raise QuantTuneError(
+            f"--stages {args.stages!r} is not a list of bit widths.", "Write them like 16,8 or 16,8,4."
+        ) from None
     loaded = _load(args)
-    stages = tuple(int(b) for b in args.stages.split(","))
     params = multistage.MultistageParams(
         loaded, stages, args.scheme == "sym", args.granularity, args.group_size
     )

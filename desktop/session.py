@@ -9,6 +9,7 @@ costs one write.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,11 @@ class Session(QObject):
         """Save the open project's settings as a new project (e.g. its folder was deleted)."""
         old = self.project
         new = projects.create_project(name)
-        new.load, new.step_status, new.runs, new.notes = old.load, old.step_status, old.runs, old.notes
+        new.load, new.step_status, new.notes = old.load, old.step_status, old.notes
+        new.inspect, new.quantize = old.inspect, old.quantize
+        if old.artifacts.is_dir():  # the runs' models come along; without them the records would dangle
+            shutil.copytree(old.artifacts, new.artifacts, dirs_exist_ok=True)
+            new.runs = old.runs
         projects.save_project(new)
         self._save_timer.stop()
         self.project = None

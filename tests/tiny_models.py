@@ -45,7 +45,7 @@ def build_tiny_tokenizer():
     return tokenizer
 
 
-def build_tiny_model(tokenizer, seed: int = 0, context: int = 256):
+def build_tiny_model(tokenizer, seed: int = 0, context: int = 256, tied: bool = False):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -60,7 +60,7 @@ def build_tiny_model(tokenizer, seed: int = 0, context: int = 256):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,  # tied: the LM head is the embedding matrix (as in SmolLM2)
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

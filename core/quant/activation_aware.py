@@ -56,6 +56,9 @@ def prepare(model, tokenizer, params: Any, layers: dict, ctx) -> Prepared:
     if params.activations and params.smoothquant:
         from core.quant.smoothquant import smooth
 
+        if params.method == "awq":  # AWQ rescaled the inputs: smoothing needs their new statistics
+            stats = activations.collect_input_stats(model, batches, layers, ctx, observer=observer)
+
         ctx.stage("Smoothing activation outliers into the weights (SmoothQuant)")
         smooth(model, stats, alpha=params.smooth_alpha)
         ctx.stage("Collecting activation statistics again, after smoothing")

@@ -29,12 +29,24 @@ WEIGHTS_FILE = "quantized.safetensors"
 
 
 def save_quantized(
-    model, tokenizer, quantized: dict[str, QuantizedWeight], target: Path, meta: dict[str, Any]
+    model,
+    tokenizer,
+    quantized: dict[str, QuantizedWeight],
+    target: Path,
+    meta: dict[str, Any],
+    files: dict[str, Any] | None = None,
+    store_dtype: Any = None,
 ) -> Path:
-    """Write ``model`` with the layers in ``quantized`` stored as integers into ``target``."""
+    """Write ``model`` with the layers in ``quantized`` stored as integers into ``target``.
+
+    ``files``: more JSON files (name -> data) written into the folder before it moves into place.
+    ``store_dtype``: the other tensors' dtype at rest (FP16/BF16 casts: their values fit exactly).
+    """
     from safetensors.torch import save_file
 
     tensors = _other_tensors(model, quantized)
+    if store_dtype is not None:
+        tensors = {k: v.to(store_dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     layers = {}
     for name, q in quantized.items():
         tensors.update(q.state(name))
@@ -49,6 +61,8 @@ def save_quantized(
         atomic.write_json(
             tmp / META_FILE, {"format": FORMAT, "version": FORMAT_VERSION, **meta, "layers": layers}
         )
+        for name, data in (files or {}).items():
+            atomic.write_json(tmp / name, data)
     return Path(target)
 
 
@@ -110,6 +124,7 @@ def load_quantized(folder: Path, device: str = "cpu"):
             del tensors[f"{name}.{part}"]
     for name, q in quantized.items():
         tensors[f"{name}.weight"] = q.dequantize().reshape(model.get_submodule(name).weight.shape)
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}  # FP16 casts at rest
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     model.tie_weights()
     missing = [k for k in missing if not _is_tied(model, k)]

@@ -263,7 +263,7 @@ def kind_of(model) -> str | None:
     return None
 
 
-def save_bnb(result_or_model, tokenizer, target: Path, meta: dict) -> Path:
+def save_bnb(result_or_model, tokenizer, target: Path, meta: dict, files: dict | None = None) -> Path:
     """Write a standard transformers bitsandbytes checkpoint (safetensors), the tokenizer and
     ``quantization.json`` into ``target``, replacing it whole only once everything is written."""
     model = result_or_model.model if isinstance(result_or_model, BnbResult) else result_or_model
@@ -286,6 +286,8 @@ def save_bnb(result_or_model, tokenizer, target: Path, meta: dict) -> Path:
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             atomic.write_json(tmp / META_FILE, info)
+            for name, data in (files or {}).items():
+                atomic.write_json(tmp / name, data)
     except StorageError:
         raise
     except OSError as exc:  # e.g. the parent folder cannot be created

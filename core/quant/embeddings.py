@@ -38,3 +38,18 @@ def quantize_embeddings(model: nn.Module, params: Any, ctx) -> dict[str, Quantiz
             weight.copy_(q.dequantize().reshape(weight.shape).to(weight.dtype))
         quantized[name] = q
     return quantized
+
+
+def tied_head(model: nn.Module) -> bool:
+    """The LM head and the input embeddings are one matrix."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return head is not None and embeddings is not None and head.weight is embeddings.weight
+
+
+def include_head(model: nn.Module, settings: Any) -> bool:
+    """Whether the LM head is quantized as a linear layer: not when it is tied to embeddings that
+    are quantized themselves (the one matrix is rounded once, as embeddings)."""
+    if not settings.include_head:
+        return False
+    return not (getattr(settings, "include_embeddings", False) and tied_head(model))

@@ -17,6 +17,7 @@ from typing import Any
 
 from core.errors import QuantTuneError
 from core.quant.affine import GRANULARITIES, Scheme, quant_error
+from core.quant.embeddings import include_head
 from core.quant.weight_ranges import WEIGHT_OBSERVERS
 
 INT_PRECISIONS = {"int8": 8, "int4": 4, "int3": 3, "int2": 2}
@@ -74,8 +75,6 @@ class QuantizeParams:
             problems.append("GPTQ is for integer precisions; FP16/BF16 are plain casts")
         if self.method == "gptq" and (self.calibration_samples < 1 or self.calibration_seq_len < 16):
             problems.append("GPTQ needs at least one calibration sample of 16 tokens or more")
-        if self.output and self.precision in FLOAT_PRECISIONS:
-            problems.append("FP16/BF16 results are measured, not saved: leave the output folder empty")
         for name, precision in self.overrides:
             if precision not in LAYER_PRECISIONS:
                 problems.append(f"layer {name}: unknown precision {precision!r} "
@@ -159,6 +158,8 @@ class QuantizeReport:
     activations: dict[str, Any] | None = None  # W8A8: static input ranges (activations.ranges_to_json)
     model: Any = field(default=None, repr=False, compare=False)  # the quantized model, in memory
     quantized: dict | None = field(default=None, repr=False, compare=False)  # layer -> QuantizedWeight
+    # the FP32 weights that were rounded where they differ from the loaded model's (AWQ, SmoothQuant)
+    reference: dict | None = field(default=None, repr=False, compare=False)
 
     @property
     def bits_per_weight(self) -> float:
@@ -169,7 +170,7 @@ class QuantizeReport:
         return self.settings.get("parameters", 0)
 
     def to_dict(self) -> dict[str, Any]:
-        skip = ("model", "quantized", "layers")
+        skip = ("model", "quantized", "reference", "layers")
         data = {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in skip}
         data["bits_per_weight"] = self.bits_per_weight
         data["layers"] = [_finite(asdict(layer)) for layer in self.layers]
@@ -186,7 +187,9 @@ def run(params: QuantizeParams, ctx) -> QuantizeReport:
     source = params.loaded
     ppl_before = _perplexity(source.model, source.tokenizer, params, ctx, "before")
     bnb = params.method == "bitsandbytes"
-    model, quantized, layers, after, params = (_quantize_bnb if bnb else _quantize_affine)(params, ctx)
+    model, quantized, layers, after, params, reference = (_quantize_bnb if bnb else _quantize_affine)(
+        params, ctx
+    )
     ppl_after = _perplexity(model, source.tokenizer, params, ctx, "after")
     settings = {
         k: v for k, v in asdict(params).items() if k not in ("loaded", "calibration_text", "eval_text")
@@ -203,12 +206,14 @@ def run(params: QuantizeParams, ctx) -> QuantizeReport:
         time.monotonic() - started,
     )
     report.activations = getattr(model, "quanttune_activations", None)
+    ctx.check_cancelled()  # a cancel late in the run must not leave a saved model behind
     if params.output:
         from core.quant.runs import output_fingerprint
 
         report.fingerprint = output_fingerprint(model, source.tokenizer)
         (_save_bnb if bnb else _save)(model, source, quantized, params, report, ctx)
-    report.model, report.quantized = model, quantized  # for the S and Z view, "Ask", evaluation
+    # for the S and Z view, "Ask", evaluation
+    report.model, report.quantized, report.reference = model, quantized, reference
     return report
 
 
@@ -240,7 +245,7 @@ def _quantize_affine(params: QuantizeParams, ctx):
         model.quanttune_activations = prepared.to_json()  # travels with the model: reports, saving
     reference = prepared.reference if prepared is not None else {}
     layers = _layer_reports(source.model, model, names, params, reference)
-    return model, quantized, layers, _sizes(source.model, quantized, params)[1], params
+    return model, quantized, layers, _sizes(source.model, quantized, params)[1], params, reference
 
 
 def _prepare(model, tokenizer, params: QuantizeParams, ctx):
@@ -249,7 +254,7 @@ def _prepare(model, tokenizer, params: QuantizeParams, ctx):
 
     if not activation_aware.needed(params):
         return None
-    layers = calibration.linear_layers(model, include_head=params.include_head)
+    layers = calibration.linear_layers(model, include_head=include_head(model, params))
     layers = {n: m for n, m in layers.items() if params.layer_precision(n) in INT_PRECISIONS}
     return activation_aware.prepare(model, tokenizer, params, layers, ctx)
 
@@ -267,7 +272,7 @@ def _quantize_bnb(params: QuantizeParams, ctx):
         error = quant_error(original, result.dequantized_weight(name).reshape(original.shape))
         bits = BNB_PRECISIONS[params.precision]
         layers.append(LayerReport(name, original.numel(), error.mse, error.sqnr_db, bits))
-    return result.model, None, layers, result.weights_bytes, params
+    return result.model, None, layers, result.weights_bytes, params, {}
 
 
 def _quantize_int(model, tokenizer, params: QuantizeParams, ctx) -> dict:
@@ -275,7 +280,7 @@ def _quantize_int(model, tokenizer, params: QuantizeParams, ctx) -> dict:
     from core.quant.qtensor import as_rows, quantize_with_ranges
     from core.quant.weight_ranges import weight_ranges
 
-    layers = calibration.linear_layers(model, include_head=params.include_head)
+    layers = calibration.linear_layers(model, include_head=include_head(model, params))
     _cast_layers(model, [n for n in layers if params.layer_precision(n) == "fp16"], "fp16")
     layers = {n: m for n, m in layers.items() if params.layer_precision(n) in INT_PRECISIONS}
     scheme = params.scheme
@@ -336,7 +341,7 @@ _HALF = _Half()  # precision -> torch dtype, without importing torch at module i
 def _linear_names(model, params: QuantizeParams) -> list[str]:
     from core.quant.calibration import linear_layers
 
-    return list(linear_layers(model, include_head=params.include_head))
+    return list(linear_layers(model, include_head=include_head(model, params)))
 
 
 PRECISION_BITS = {**INT_PRECISIONS, **FLOAT_PRECISIONS, "fp32": 32}
@@ -389,24 +394,22 @@ def _sizes(model, quantized: dict, params: QuantizeParams) -> tuple[int, int]:
 
 
 def _save(model, source, quantized: dict, params: QuantizeParams, report: QuantizeReport, ctx) -> None:
-    from core import atomic
     from core.quant.artifact import save_quantized
 
     ctx.stage(f"Saving to {params.output}")
     meta = {"base_model": source.ref.to_dict(), "report": report.to_dict()}
     if report.activations:
         meta["activations"] = report.activations
-    folder = save_quantized(model, source.tokenizer, quantized, Path(params.output), meta)
-    atomic.write_json(folder / "report.json", report.to_dict())
+    dtype = _HALF[params.precision] if params.precision in FLOAT_PRECISIONS else None
+    files = {"report.json": report.to_dict()}
+    folder = save_quantized(model, source.tokenizer, quantized, Path(params.output), meta, files, dtype)
     report.output = str(folder)
 
 
 def _save_bnb(model, source, _quantized, params: QuantizeParams, report: QuantizeReport, ctx) -> None:
-    from core import atomic
     from core.quant.bnb import save_bnb
 
     ctx.stage(f"Saving to {params.output}")
     meta = {"base_model": source.ref.to_dict(), "report": report.to_dict()}
-    folder = save_bnb(model, source.tokenizer, Path(params.output), meta)
-    atomic.write_json(folder / "report.json", report.to_dict())
+    folder = save_bnb(model, source.tokenizer, Path(params.output), meta, {"report.json": report.to_dict()})
     report.output = str(folder)

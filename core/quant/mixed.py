@@ -301,10 +301,20 @@ def budget_overrides(model: nn.Module, tokenizer, params, ctx) -> tuple[tuple[st
 
     base = int(params.precision[3:])
     hand = dict(params.overrides)
-    layers = {n: m for n, m in linear_layers(model, params.include_head).items() if n not in hand}
+    from core.quant.embeddings import include_head
+
+    layers = {n: m for n, m in linear_layers(model, include_head(model, params)).items() if n not in hand}
     scheme_for = lambda bits: Scheme(bits, params.symmetric, params.granularity, params.group_size)  # noqa: E731
-    settings = SimpleNamespace(**{k: getattr(params, k) for k in ("precision", "symmetric", "granularity",
-                                  "group_size", "include_head", "method")}, overrides=hand)  # fmt: skip
+    keys = (
+        "precision",
+        "symmetric",
+        "granularity",
+        "group_size",
+        "include_head",
+        "include_embeddings",
+        "method",
+    )
+    settings = SimpleNamespace(**{k: getattr(params, k) for k in keys}, overrides=hand)
     uniform = estimate_size(model, settings).bytes_after
     fixed = uniform - sum(
         layer_cost(m.weight.detach().float(), base, scheme_for, None).bytes for m in layers.values()

@@ -67,7 +67,15 @@ def symmetric_of(settings: Any, recommended: dict[str, dict[str, Any]]) -> bool:
 
 
 def layer_precision(settings: Any, name: str) -> str:
+    """Per-layer precisions apply to integer quantization only (casts and bitsandbytes treat
+    every layer alike)."""
+    if not uses_overrides(settings):
+        return settings.precision
     return settings.overrides.get(name, settings.precision)
+
+
+def uses_overrides(settings: Any) -> bool:
+    return settings.precision.startswith("int") and settings.method != "bitsandbytes"
 
 
 def _layer_bits(precision: str, shape: tuple[int, ...], scheme: Scheme, bnb: bool) -> float:
@@ -95,10 +103,13 @@ def estimate_size(model: Any, settings: Any, recommended: dict | None = None) ->
     from core.quant.affine import Scheme
 
     scheme = Scheme(8, symmetric_of(settings, recommended or {}), settings.granularity, settings.group_size)
-    linears = quantizable_layers(model, settings.include_head)
-    if getattr(settings, "include_embeddings", False) and settings.precision.startswith("int"):
-        from core.quant.embeddings import embedding_names
+    from core.quant.embeddings import embedding_names, include_head
 
+    embeddings = getattr(settings, "include_embeddings", False) and settings.precision.startswith("int")
+    linears = quantizable_layers(
+        model, include_head(model, settings) if embeddings else settings.include_head
+    )
+    if embeddings:
         linears.update({n: tuple(model.get_submodule(n).weight.shape) for n in embedding_names(model)})
     parameters = sum(p.numel() for p in model.parameters())
     cast = settings.precision in ("fp16", "bf16")
@@ -154,7 +165,7 @@ def job_params(settings: Any, recommended: dict, loaded: Any, output: str = "", 
         percentile=settings.percentile,
         include_head=settings.include_head,
         include_embeddings=settings.include_embeddings,
-        overrides=tuple(sorted(settings.overrides.items())),
+        overrides=tuple(sorted(settings.overrides.items())) if uses_overrides(settings) else (),
         calibration_text=read_text(settings.calibration_file, "calibration"),
         calibration_samples=settings.calibration_samples,
         calibration_seq_len=settings.calibration_seq_len,

@@ -79,6 +79,8 @@ class CalibratePane(QWidget):
         self.shown_run_id: str | None = None
         self._handle: JobHandle | None = None
         self._run_id: str | None = None  # the id the running job saves under
+        self._run_project: Any = None  # the project open when it started
+        self._run_loaded: Any = None  # the model it quantizes
         self._failed = False
         self._build()
         self._connect()
@@ -149,7 +151,10 @@ class CalibratePane(QWidget):
             self._show(None)  # the previous project's run
 
     @Slot(object)
-    def _on_model_changed(self, _loaded: Any) -> None:
+    def _on_model_changed(self, loaded: Any) -> None:
+        shown = (self.shown_report or {}).get("settings", {}).get("model")
+        if self.shown_report is not None and (loaded is None or shown != loaded.card.name):
+            self._show(None)  # the run on screen was made from another model
         self.refresh()
 
     def refresh(self) -> None:
@@ -166,7 +171,7 @@ class CalibratePane(QWidget):
         self._emit_status()
 
     def _plan_text(self) -> str:
-        from core.quant.plan import estimate_size, symmetric_of
+        from core.quant.plan import estimate_size, symmetric_of, uses_overrides
         from desktop.formatting import format_bytes
         from desktop.widgets.layer_precisions import precision_name
 
@@ -177,8 +182,10 @@ class CalibratePane(QWidget):
             where = f"groups of {s.group_size}" if s.granularity == "group" else f"per {s.granularity}"
             kind = "symmetric" if symmetric_of(s, recommended) else "asymmetric"
             text += f" {kind}, {where}" + (", activations too (W8A8)" if s.activations else ", weights only")
-        if s.overrides:
+        if s.overrides and uses_overrides(s):
             text += f"; {len(s.overrides)} layer(s) at other precisions"
+        if s.budget_mb > 0 and uses_overrides(s):
+            return f"Quantizing to <b>{text}</b>, bits per layer chosen to fit <b>{s.budget_mb:.1f} MB</b>."
         size = estimate_size(self.session.model.model, s, recommended)
         return f"Quantizing to <b>{text}</b> → about <b>{format_bytes(size.bytes_after)}</b>."
 
@@ -208,7 +215,7 @@ class CalibratePane(QWidget):
         from core.quant import plan, runs
 
         settings, project = self.session.quantize_settings, self.session.project
-        output, self._run_id = "", None
+        output, self._run_id, self._run_project, self._run_loaded = "", None, project, loaded
         if project is not None:
             self._run_id, folder = runs.new_run_folder(project, dataclasses.asdict(settings))
             output = str(folder)
@@ -238,18 +245,31 @@ class CalibratePane(QWidget):
 
         data = report.to_dict()
         data["label"] = runs.label(data["settings"])
-        project = self.session.project
+        project = self._run_project  # the project open when it started, even if another is open now
         if project is not None and self._run_id is not None:
             runs.record_run(project, self._run_id, data)
             project.step_status["calibrate"] = "done"
-            self.session.mark_dirty()
+            if project is self.session.project:
+                self.session.mark_dirty()
+            else:
+                self._save_other(project)
             self._refresh_runs()
             self.runs_table.select(self._run_id)
-            self.status_label.setText(f"Saved in the project: {report.output}")
+            self.status_label.setText(f"Saved in the project {project.name}: {report.output}")
         else:
             self.status_label.setText(NO_PROJECT)
+        if self.session.model is not self._run_loaded:
+            return  # another model was loaded meanwhile: the run is recorded, not shown
         self._show(data, self._run_id)
-        self._use_model(report.model, report.quantized)
+        self._use_model(report.model, report.quantized, report.reference or {})
+
+    def _save_other(self, project: Any) -> None:
+        from core import project as projects
+
+        try:
+            projects.save_project(project)
+        except QuantTuneError as exc:
+            self.error_panel.show_error(exc)
 
     @Slot(object, str)
     def _on_failed(self, exc: BaseException, tb: str) -> None:
@@ -258,6 +278,12 @@ class CalibratePane(QWidget):
 
     @Slot()
     def _on_cancelled(self) -> None:
+        import shutil
+
+        from core.quant import runs
+
+        if self._run_project is not None and self._run_id is not None:  # saved just before the cancel?
+            shutil.rmtree(self._run_project.artifacts / runs.RUNS_DIR / self._run_id, ignore_errors=True)
         self.status_label.setText("Quantizing cancelled; nothing was saved.")
 
     @Slot()
@@ -277,16 +303,19 @@ class CalibratePane(QWidget):
         if report is not None:
             self.runShown.emit(report)
 
-    def _use_model(self, model: Any, quantized: dict | None) -> None:
-        """Show S and Z of ``quantized`` and let the user ask ``model`` (the base's tokenizer)."""
+    def _use_model(self, model: Any, quantized: dict | None, reference: dict | None,
+                   tokenizer: Any = None) -> None:  # fmt: skip
+        """Show S and Z of ``quantized`` (x from ``reference``, the weights that were rounded;
+        None: unknown) and let the user ask ``model``."""
         base = self.session.model
         weight_of = None
-        if base is not None and quantized:
-            modules = dict(base.model.named_modules())
-            weight_of = partial(_weight_of, modules)
+        if base is not None and quantized and reference is not None:
+            weight_of = partial(_weight_of, dict(base.model.named_modules()), reference)
         self.scales_view.set_data(quantized or None, weight_of, self.shown_report.get("label", ""))
         if base is not None and model is not None:
-            self.ask_box.set_model(dataclasses.replace(base, model=model))
+            self.ask_box.set_model(
+                dataclasses.replace(base, model=model, tokenizer=tokenizer or base.tokenizer)
+            )
 
     def _runs(self) -> list[dict[str, Any]]:
         from core.quant import runs
@@ -338,7 +367,9 @@ class CalibratePane(QWidget):
 
     @Slot(object)
     def _on_reloaded(self, reloaded: Any) -> None:
-        self._use_model(reloaded.model, reloaded.quantized)
+        self._use_model(
+            reloaded.model, reloaded.quantized, self._reference_of(reloaded.meta), reloaded.tokenizer
+        )
         if reloaded.identical:
             check = "its outputs are identical, bit for bit, to when it was quantized."
         elif reloaded.identical is None:
@@ -380,6 +411,16 @@ class CalibratePane(QWidget):
     def _on_copied(self, path: Any) -> None:
         self.status_label.setText(f"Saved a copy in {path}: it reloads with QuantTune (Load model → folder).")
 
+    def _reference_of(self, meta: dict) -> dict | None:
+        """{} (the loaded model's weights were rounded) when the run was made from the loaded
+        model without rescaling; None when its x are unknown here."""
+        base = self.session.model
+        settings = meta.get("report", {}).get("settings", {})
+        rescaled = settings.get("method") == "awq" or settings.get("smoothquant")
+        if base is None or rescaled or meta.get("base_model") != base.ref.to_dict():
+            return None
+        return {}
+
     @Slot(str)
     def delete_run(self, run_id: str) -> None:
         from core.quant import runs
@@ -389,15 +430,19 @@ class CalibratePane(QWidget):
             self, "Delete run", f"Delete the run “{record['label']}” and its quantized model?", yes="Delete"
         ):
             return
-        runs.delete_run(self.session.project, run_id)
+        try:
+            runs.delete_run(self.session.project, run_id)
+        except QuantTuneError as exc:
+            self.error_panel.show_error(exc)
+            return
         self.session.mark_dirty()
         if self.shown_run_id == run_id:
             self._show(None)
         self._refresh_runs()
 
 
-def _weight_of(modules: dict[str, Any], name: str) -> Any:
-    return modules[name].weight.detach()
+def _weight_of(modules: dict[str, Any], reference: dict, name: str) -> Any:
+    return reference[name] if name in reference else modules[name].weight.detach()
 
 
 if __name__ == "__main__":  # preview: python -m desktop.panes.calibrate_pane

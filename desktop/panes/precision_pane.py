@@ -210,6 +210,7 @@ class PrecisionPane(QWidget):
             self.activations_radio,
             self.smooth_check,
             self.head_check,
+            self.embeddings_check,
             note,
         ):
             layout.addWidget(widget)
@@ -352,6 +353,7 @@ class PrecisionPane(QWidget):
         self.budget_box.setEnabled(integer)
         self.embeddings_check.setEnabled(integer)
         self.layers.setEnabled(integer)
+        self.layers.set_hidden([] if s.include_head else self._head_names())
         self._update_size()
         self._emit_status()
 
@@ -399,6 +401,11 @@ class PrecisionPane(QWidget):
             text += f" {'sym' if self.symmetric_radio.isChecked() else 'asym'}"
             text += f" g{s.group_size}" if s.granularity == "group" else f" per {s.granularity}"
         self.statusChanged.emit("done", text)
+
+    def _head_names(self) -> list[str]:
+        loaded = self.session.model
+        head = loaded.model.get_output_embeddings() if loaded is not None else None
+        return [n for n, m in loaded.model.named_modules() if m is head] if head is not None else []
 
     def _multistage_params(self) -> Any:
         loaded = self.session.model

@@ -38,6 +38,7 @@ class LayerPrecisionTable(QWidget):
         self._layers: dict[str, tuple[int, ...]] = {}
         self._overrides: dict[str, str] = {}
         self._default = "int4"
+        self._hidden: set[str] = set()  # layers not quantized at all (e.g. the LM head when not chosen)
         self.filter_edit = QLineEdit(placeholderText="Filter layers (e.g. down_proj, layers.0.)")
         self.filter_edit.setClearButtonEnabled(True)
         self.table = QTableWidget(0, 3)
@@ -86,6 +87,11 @@ class LayerPrecisionTable(QWidget):
         self._default, self._overrides = default, dict(overrides)
         self._refresh()
 
+    def set_hidden(self, names: list[str]) -> None:
+        if set(names) != self._hidden:
+            self._hidden = set(names)
+            self._apply_filter(self.filter_edit.text())
+
     def overrides(self) -> dict[str, str]:
         return dict(self._overrides)
 
@@ -125,4 +131,5 @@ class LayerPrecisionTable(QWidget):
     def _apply_filter(self, text: str) -> None:
         text = text.strip().lower()
         for row in range(self.table.rowCount()):
-            self.table.setRowHidden(row, bool(text) and text not in self.table.item(row, 0).text().lower())
+            name = self.table.item(row, 0).text()
+            self.table.setRowHidden(row, name in self._hidden or (bool(text) and text not in name.lower()))

@@ -37,7 +37,9 @@ class RunsTable(QWidget):
         self.table.doubleClicked.connect(self._on_show)
         self.show_button = QPushButton("Show report")
         self.load_button = QPushButton("Load this model")
-        self.load_button.setToolTip("Make this quantized model the app's model (e.g. to ask it a question)")
+        self.load_button.setToolTip(
+            "Load it from disk to see its scales and ask it (checks its outputs against the recorded ones)"
+        )
         self.export_button = QPushButton("Save a copy…")
         self.export_button.setToolTip(
             "Copy this quantized model (weights, scales, config, tokenizer) to a folder"

@@ -8,7 +8,7 @@ import torch
 
 from core.errors import InvalidSettings
 from core.jobs import JobContext, run_job
-from core.quant import job
+from core.quant import job, runs
 from core.quant.artifact import load_quantized
 
 FAST = {"eval_window": 32, "eval_max_tokens": 256}
@@ -208,3 +208,40 @@ def test_embeddings_quantized_with_a_tied_head_reload_exactly_and_shrink(tiny_lo
         assert torch.equal(model(ids).logits, report.model(ids).logits)
     if tiny_loaded.model.config.tie_word_embeddings:
         assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+@pytest.fixture
+def tied_loaded(tiny_loaded, tiny_tokenizer):
+    from tests.tiny_models import build_tiny_model
+
+    model = build_tiny_model(tiny_tokenizer, tied=True)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    return dataclasses.replace(tiny_loaded, model=model)
+
+
+def test_a_tied_head_with_embeddings_is_rounded_once(tied_loaded, tmp_path):
+    from core.project import QuantizeSettings
+    from core.quant import plan
+
+    base = {"precision": "int4", "group_size": 32, "include_head": True, "include_embeddings": True}
+    params = job.QuantizeParams(tied_loaded, output=str(tmp_path / "tied"), **base, **FAST)
+    report = run_job(job.run, params, JobContext())
+    names = [layer.name for layer in report.layers]
+    assert "model.embed_tokens" in names and "lm_head" not in names
+    assert 0 < report.size_after_bytes < report.size_before_bytes / 4
+    estimate = plan.estimate_size(tied_loaded.model, QuantizeSettings(symmetric=False, **base))
+    assert estimate.bytes_after == pytest.approx(report.size_after_bytes, rel=1e-3)
+    reloaded = run_job(runs.reload_run, runs.ReloadParams(tmp_path / "tied"), JobContext())
+    assert reloaded.identical is True
+    budget = estimate.bytes_after * 1.05 / 1e6  # the budget the Precision pane suggests fits
+    mixed = job.QuantizeParams(tied_loaded, budget_mb=budget, calibration_seq_len=32, **base, **FAST)
+    assert run_job(job.run, mixed, JobContext()).size_after_bytes <= budget * 1e6
+
+
+def test_fp16_runs_are_saved_at_half_the_size_and_reload_exactly(tiny_loaded, tmp_path):
+    params = job.QuantizeParams(tiny_loaded, precision="fp16", output=str(tmp_path / "half"), **FAST)
+    report = run_job(job.run, params, JobContext())
+    stored = (tmp_path / "half" / "quantized.safetensors").stat().st_size
+    assert stored < report.size_before_bytes * 0.6
+    reloaded = run_job(runs.reload_run, runs.ReloadParams(tmp_path / "half"), JobContext())
+    assert reloaded.identical is True

@@ -185,3 +185,20 @@ def test_save_a_copy_of_a_run(qtbot, pane, tiny_model_dir, scripted_dialogs, tmp
     assert (tmp_path / "my-int8" / "quantization.json").is_file()
     scripted_dialogs.answer("choose_save_file", tmp_path / "my-int8")  # exists now: refused, nothing run
     assert pane.export_run(run["id"]) is None and "already exists" in pane.error_panel.message.text()
+
+
+def test_fp16_in_a_project_is_recorded_and_a_run_follows_its_project(qtbot, pane, tiny_model_dir):
+    session = pane.session
+    session.new_project("first")
+    first = session.project
+    load(qtbot, session, tiny_model_dir)
+    configure(session, precision="fp16", method="rtn")
+    pane.refresh()
+    with qtbot.waitSignal(pane.runner.jobsChanged, timeout=JOB_TIMEOUT_MS):
+        handle = pane.quantize()
+    session.new_project("second")  # opened while the first project's run is still going
+    with qtbot.waitSignal(handle.finished, timeout=JOB_TIMEOUT_MS):
+        pass
+    assert [r["settings"]["precision"] for r in projects.load_project(first.folder).runs] == ["fp16"]
+    assert session.project.runs == []
+    assert not pane.error_panel.isVisible()
