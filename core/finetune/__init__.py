@@ -1,0 +1,1 @@
+"""Fine-tuning: the menu of methods (methods.py); datasets are read by core.data."""

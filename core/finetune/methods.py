@@ -1,0 +1,195 @@
+"""The menu of adaptation methods: one table (``METHODS``) with what each method trains, where it
+fits, and how it is applied to a model; adding a method touches this table only.
+
+``apply(model, settings)`` returns the model ready to train (a peft model for the peft methods; the
+same model with only the chosen parameters trainable otherwise) and never changes which weights
+the caller's other copies hold: peft wraps the model, the freezing methods set ``requires_grad``.
+``trainable(model)`` counts what will be trained. QLoRA and quantization-aware training build on
+LoRA and the Quantize step and arrive with the Train step; bottleneck adapters too (the adapters
+library needs transformers 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import QuantTuneError
+
+LINEAR_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    method: str = "lora"
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = LINEAR_TARGETS
+    virtual_tokens: int = 20  # prefix, prompt and P-tuning
+    top_layers: int = 2  # partial fine-tuning: the top N decoder blocks (and the head)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"unknown method {self.method!r} (choose {', '.join(METHODS)})")
+        if self.rank < 1 or self.alpha < 1:
+            problems.append("LoRA's rank and alpha must be 1 or more")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append("dropout lies in [0, 1)")
+        if self.virtual_tokens < 1:
+            problems.append("at least one virtual token")
+        if self.top_layers < 1:
+            problems.append("partial fine-tuning trains at least the top layer")
+        return problems
+
+
+@dataclass(frozen=True)
+class Method:
+    key: str
+    title: str
+    explanation: str
+    best_when: str
+    apply: Callable[[Any, MethodSettings], Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Trainable:
+    trainable: int
+    total: int
+
+    @property
+    def share(self) -> float:
+        return self.trainable / max(1, self.total)
+
+
+def trainable(model: Any) -> Trainable:
+    params = list(model.parameters())
+    seen, total, train = set(), 0, 0
+    for p in params:
+        if id(p) in seen:
+            continue  # tied weights count once
+        seen.add(id(p))
+        total += p.numel()
+        train += p.numel() if p.requires_grad else 0
+    return Trainable(train, total)
+
+
+def apply(model: Any, settings: MethodSettings) -> Any:
+    problems = settings.validate()
+    if problems:
+        raise QuantTuneError("The method's settings have problems: " + "; ".join(problems) + ".",
+                             "Correct the settings listed.")  # fmt: skip
+    return METHODS[settings.method].apply(model, settings)
+
+
+# -- the freezing methods -----------------------------------------------------------------------
+def _freeze_all_but(model: Any, keep: Callable[[str], bool]) -> Any:
+    for name, param in model.named_parameters():
+        param.requires_grad_(keep(name))
+    return model
+
+
+def _full(model: Any, _s: MethodSettings) -> Any:
+    return _freeze_all_but(model, lambda _name: True)
+
+
+def _partial(model: Any, s: MethodSettings) -> Any:
+    from core.quant.calibration import decoder_blocks
+
+    blocks = decoder_blocks(model)
+    top = {id(p) for block in list(blocks)[-s.top_layers :] for p in block.parameters()}
+    head = model.get_output_embeddings()
+    top |= {id(p) for p in head.parameters()} if head is not None else set()
+    for _name, param in model.named_parameters():
+        param.requires_grad_(id(param) in top)
+    return model
+
+
+def _bitfit(model: Any, _s: MethodSettings) -> Any:
+    if not any(name.endswith(".bias") for name, _ in model.named_parameters()):
+        raise QuantTuneError(
+            "This model has no bias terms, so BitFit would train nothing.",
+            "Choose norm-only tuning (LN tuning): it trains the normalisation weights instead, as few.",
+        )
+    return _freeze_all_but(model, lambda name: name.endswith(".bias"))
+
+
+def _norms(model: Any, _s: MethodSettings) -> Any:
+    """Norm-only tuning by freezing: peft's LN tuning warns on RMSNorm, and freezing is the whole method."""
+    norms = {id(p) for m in model.modules() if "norm" in type(m).__name__.lower() for p in m.parameters()}
+    for _name, param in model.named_parameters():
+        param.requires_grad_(id(param) in norms)
+    return model
+
+
+# -- the peft methods ---------------------------------------------------------------------------
+def _peft(make_config: Callable[[MethodSettings], Any]) -> Callable[[Any, MethodSettings], Any]:
+    def apply_peft(model: Any, s: MethodSettings) -> Any:
+        import warnings
+
+        from peft import get_peft_model
+
+        with warnings.catch_warnings():
+            # peft 0.21 still calls a transformers 5 name it deprecated; nothing for users to do
+            warnings.filterwarnings(
+                "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+            )
+            return get_peft_model(model, make_config(s))
+
+    return apply_peft
+
+
+def _lora_config(s: MethodSettings, dora: bool = False) -> Any:
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=s.rank, lora_alpha=s.alpha, lora_dropout=s.dropout,
+                      target_modules=list(s.target_modules), use_dora=dora)  # fmt: skip
+
+
+def _ia3_config(s: MethodSettings) -> Any:
+    from peft import IA3Config, TaskType
+
+    targets = [t for t in s.target_modules if t in ("k_proj", "v_proj", "down_proj")] or ["k_proj", "v_proj"]
+    feedforward = [t for t in targets if t in ("down_proj", "up_proj", "gate_proj")]
+    return IA3Config(task_type=TaskType.CAUSAL_LM, target_modules=targets, feedforward_modules=feedforward)
+
+
+def _virtual(kind: str) -> Callable[[MethodSettings], Any]:
+    def config(s: MethodSettings) -> Any:
+        import peft
+
+        cls = {"prefix": peft.PrefixTuningConfig, "prompt": peft.PromptTuningConfig,
+               "ptuning": peft.PromptEncoderConfig}[kind]  # fmt: skip
+        return cls(task_type=peft.TaskType.CAUSAL_LM, num_virtual_tokens=s.virtual_tokens)
+
+    return config
+
+
+METHODS: dict[str, Method] = {
+    m.key: m
+    for m in (
+        Method("full", "Full fine-tuning", "Every weight is trained.",
+               "you have the memory for weights, gradients and optimizer state, and much data", _full),
+        Method("partial", "Partial fine-tuning", "Only the top N decoder blocks and the head are trained.",
+               "the task is close to what the model knows; less memory than full", _partial),
+        Method("lora", "LoRA", "Small low-rank matrices A·B are added to the chosen layers and trained; the "
+               "weights stay frozen.", "the default: little memory, quality near full fine-tuning",
+               _peft(_lora_config)),
+        Method("dora", "DoRA", "LoRA with each weight's magnitude and direction trained apart.",
+               "LoRA at low ranks falls short of full fine-tuning", _peft(lambda s: _lora_config(s, True))),
+        Method("ia3", "IA3", "Learned vectors rescale the keys, values and feed-forward activations.",
+               "very few trainable parameters are wanted", _peft(_ia3_config)),
+        Method("prefix", "Prefix tuning", "Trained key/value vectors are prepended in every layer.",
+               "generation tasks with a frozen model", _peft(_virtual("prefix"))),
+        Method("prompt", "Prompt tuning", "Trained embeddings (a soft prompt) are prepended to the input.",
+               "the fewest parameters; works best on larger models", _peft(_virtual("prompt"))),
+        Method("ptuning", "P-tuning", "A small network produces the soft prompt.",
+               "prompt tuning is unstable", _peft(_virtual("ptuning"))),
+        Method("bitfit", "BitFit", "Only the bias terms are trained.",
+               "a model with biases and a quick, tiny adaptation", _bitfit),
+        Method("ln", "Norm-only (LN tuning)", "Only the normalisation layers' weights are trained.",
+               "models without biases, where BitFit has nothing to train", _norms),
+    )
+}  # fmt: skip
