@@ -1,0 +1,470 @@
+"""The Train step: ``run(params, ctx) -> TrainReport``, a plain PyTorch loop read top to bottom.
+
+setup (copy the model, apply the method, encode and split the data) → loop (AdamW over the
+trainable parameters, linear warmup then linear decay, clipping, evaluation, checkpoints, early
+stopping) → save (the adapter or the trained tensors in ``output/final``).
+
+A hand-written loop rather than transformers' Trainer: resuming must reproduce a straight run
+bit for bit (data order, RNG, optimizer), checkpoints must hold only the trainable tensors in
+safetensors, and every step reports to ``ctx`` — each simple here, each a fight with Trainer.
+Checkpoints live in ``output/checkpoints/step-N``; each is written whole or not at all.
+torch is imported on first use: the window builds ``TrainParams`` on the GUI thread.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.atomic import staged_dir, write_json
+from core.data.formats import detect_shape, read_rows, validate_rows
+from core.errors import Cancelled, QuantTuneError
+from core.finetune import methods
+from core.finetune.batches import Example, collate, encode_table
+from core.jobs import JobContext
+
+if TYPE_CHECKING:
+    import torch
+
+TASKS = ("instruction", "causal_lm")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    loaded: Any  # core.models.loading.LoadedModel; a copy is trained, never this one
+    dataset: Path
+    output: Path
+    task: str = "instruction"
+    columns: tuple[tuple[str, str], ...] = ()  # role -> column pairs overriding the detected mapping
+    method: methods.MethodSettings = field(default_factory=methods.MethodSettings)
+    max_length: int = 512
+    validation_ratio: float = 0.1
+    seed: int = 0
+    batch_size: int = 4
+    learning_rate: float = 2e-4
+    epochs: int = 1
+    max_steps: int = 0  # 0: as many as the epochs take
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0  # 0: no clipping
+    eval_every: int = 0  # 0: evaluate only at the end
+    save_every: int = 0  # 0: checkpoint only at the end
+    early_stopping_patience: int = 0  # evaluations without a better validation loss; 0: off
+    resume_from: Path | None = None
+
+    def validate(self) -> list[str]:
+        problems = list(self.method.validate())
+        if self.loaded is None or getattr(self.loaded, "model", None) is None:
+            problems.append("load a model first")
+        if not Path(self.dataset).is_file():
+            problems.append(f"there is no dataset file at {self.dataset}")
+        if self.task not in TASKS:
+            problems.append(f"unknown task {self.task!r} (choose {', '.join(TASKS)})")
+        if self.max_length < 8:
+            problems.append("the maximum length is at least 8 tokens")
+        if not 0.0 <= self.validation_ratio < 1.0:
+            problems.append("the validation share lies in [0, 1)")
+        if self.batch_size < 1:
+            problems.append("the batch size is at least 1")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            problems.append("the learning rate must be above 0 (e.g. 2e-4)")
+        if self.epochs < 1 and self.max_steps < 1:
+            problems.append("train at least one epoch or one step")
+        if min(self.max_steps, self.warmup_steps, self.eval_every, self.save_every) < 0:
+            problems.append("step counts cannot be negative")
+        if self.max_grad_norm < 0 or self.early_stopping_patience < 0:
+            problems.append("gradient clipping and patience cannot be negative (0 turns them off)")
+        if self.early_stopping_patience and self.validation_ratio == 0:
+            problems.append("early stopping needs a validation share above 0")
+        if self.resume_from is not None and not (Path(self.resume_from) / STATE).is_file():
+            problems.append(f"{self.resume_from} is not a checkpoint folder")
+        if self.resume_from is None and list_checkpoints(self.output):
+            problems.append(f"{self.output} holds another run's checkpoints: resume or pick a new folder")
+        return problems
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    loss: float
+    time: float
+    path: Path
+
+
+@dataclass
+class TrainReport:
+    steps: int
+    final_train_loss: float
+    best_validation_loss: float | None
+    losses: list[float]
+    trainable_parameters: int
+    total_parameters: int
+    seconds: float
+    tokens_per_second: float
+    checkpoints: list[Checkpoint]
+    output: Path
+    truncated_rows: int = 0
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["final_train_loss"] = _finite_or_none(self.final_train_loss)
+        d["losses"] = [_finite_or_none(v) for v in self.losses]
+        d["output"] = str(self.output)
+        d["checkpoints"] = [{**asdict(c), "path": str(c.path)} for c in self.checkpoints]
+        return d
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+STATE, WEIGHTS, OPTIMIZER, RNG = "state.json", "trainable.safetensors", "optimizer.pt", "rng.safetensors"
+
+
+def trainable_tensors(model: Any) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any, state: dict) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    with staged_dir(folder) as tmp:
+        save_file(trainable_tensors(model), str(tmp / WEIGHTS))
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / OPTIMIZER
+        )
+        save_file({"torch": torch.get_rng_state()}, str(tmp / RNG))
+        write_json(tmp / STATE, {**state, "time": time.time()})
+    return folder
+
+
+def load_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any) -> dict:
+    import torch
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        weights = load_file(str(folder / WEIGHTS))
+        # weights_only: a checkpoint folder must not be able to run code when it is loaded
+        opt = torch.load(folder / OPTIMIZER, weights_only=True)
+        rng = load_file(str(folder / RNG))["torch"]
+        state = json.loads((folder / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RuntimeError) as e:
+        raise QuantTuneError(
+            f"The checkpoint {folder} cannot be read ({e}).", "Resume from another one."
+        ) from e
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    if missing or set(weights) - set(params):
+        raise QuantTuneError(
+            f"The checkpoint {folder.name} was made with other method settings "
+            f"({len(missing)} tensors differ).",
+            "Resume with the method settings it was trained with, or start afresh.",
+        )
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(opt["optimizer"])
+    scheduler.load_state_dict(opt["scheduler"])
+    torch.set_rng_state(rng)
+    return state
+
+
+def list_checkpoints(output: Path) -> list[tuple[int, float, float, Path]]:
+    """(step, loss, time, path) of every complete checkpoint under ``output``, by step."""
+    found = []
+    for folder in (Path(output) / "checkpoints").glob("step-*"):
+        try:
+            state = json.loads((folder / STATE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # not a finished checkpoint
+        found.append((int(state["step"]), float(state["loss"]), float(state["time"]), folder))
+    return sorted(found, key=lambda c: c[0])
+
+
+# -- setup ----------------------------------------------------------------------------------------
+def _load_examples(params: TrainParams, tokenizer: Any) -> tuple[list[Example], list[Example], int]:
+    table = read_rows(params.dataset)
+    shape = detect_shape(table.columns, table.head(20))
+    if params.columns:
+        shape = shape.with_mapping(dict(params.columns))
+    if not shape.recognised:
+        raise QuantTuneError(
+            f"QuantTune does not recognise the columns of {Path(params.dataset).name}.",
+            "Map the columns to roles (e.g. instruction and output, or text).",
+        )
+    bad_rows = [p for p in validate_rows(table, shape) if p.row is not None]
+    if bad_rows:
+        raise QuantTuneError(
+            f"{len(bad_rows)} problem(s) in the data, the first: {bad_rows[0].message}.",
+            "Fix or drop those rows (the Data step lists them all), or correct the column mapping.",
+        )
+    encoded = encode_table(table, shape, tokenizer, params.task, params.max_length)
+    order = epoch_order(len(encoded.examples), params.seed, epoch=-1)  # -1: the split, not an epoch
+    n_val = round(len(order) * params.validation_ratio)
+    n_val = max(1, n_val) if params.validation_ratio > 0 and len(order) > 1 else n_val
+    train = [encoded.examples[i] for i in order[n_val:]]
+    if not train:
+        cut = f" ({encoded.dropped} lost their whole answer to the maximum length)" if encoded.dropped else ""
+        raise QuantTuneError(
+            f"No rows are left to train on{cut}.",
+            "Raise the maximum length, add rows, or lower the validation share.",
+        )
+    return train, [encoded.examples[i] for i in order[:n_val]], encoded.truncated
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled row order of one epoch: a function of seed and epoch, so a resume can rebuild it."""
+    import torch
+
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch + 1)).tolist()
+
+
+def _schedule(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+@dataclass
+class _Run:
+    """What the loop carries: the model, its optimizer and the progress to checkpoint."""
+
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    train: list[Example]
+    val: list[Example]
+    total_steps: int
+    per_epoch: int
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    best_val: float | None = None
+    bad_evals: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    truncated: int = 0
+    fingerprint: str = ""  # of the training examples: a resume must see the same data
+    saved_at: int = -1  # the step of the last checkpoint this run wrote
+
+    def state(self, seed: int) -> dict:
+        epoch = self.step // self.per_epoch
+        return {"step": self.step, "epoch": epoch, "loss": self.losses[-1] if self.losses else float("nan"),
+                "losses": self.losses, "best_val": self.best_val, "bad_evals": self.bad_evals,
+                "tokens": self.tokens, "seconds": self.seconds, "data": self.fingerprint,
+                "order": epoch_order(len(self.train), seed, epoch)}  # fmt: skip
+
+
+def _setup(params: TrainParams, ctx: JobContext) -> _Run:
+    import torch
+
+    ctx.stage("Preparing the data")
+    tokenizer = params.loaded.tokenizer
+    train, val, truncated = _load_examples(params, tokenizer)
+    ctx.stage("Preparing the model")
+    model = methods.apply(copy.deepcopy(params.loaded.model), params.method)
+    model.train()
+    trainables = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainables, lr=params.learning_rate, weight_decay=0.0)
+    per_epoch = math.ceil(len(train) / params.batch_size)
+    total = params.max_steps or per_epoch * params.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(params.warmup_steps, total))
+    run = _Run(model, optimizer, scheduler, train, val, total, per_epoch, truncated=truncated,
+               fingerprint=data_fingerprint(train))  # fmt: skip
+    if params.resume_from is not None:
+        _resume(run, params)
+    return run
+
+
+def _resume(run: _Run, params: TrainParams) -> None:
+    state = load_checkpoint(Path(params.resume_from), run.model, run.optimizer, run.scheduler)
+    if state["data"] != run.fingerprint or state["order"] != epoch_order(
+        len(run.train), params.seed, state["epoch"]
+    ):
+        raise QuantTuneError(
+            "The checkpoint was trained on other data, another validation share or another seed.",
+            "Resume with the same dataset and settings, or start afresh.",
+        )
+    # This run's learning rate on the same schedule (a diverged run may resume lower): LambdaLR
+    # computes base rate × factor(step), so for an unchanged rate this is bit for bit the old one.
+    factor, lr = _schedule(params.warmup_steps, run.total_steps), params.learning_rate
+    run.scheduler.base_lrs = [lr for _ in run.optimizer.param_groups]
+    for group in run.optimizer.param_groups:
+        group["initial_lr"], group["lr"] = lr, lr * factor(run.scheduler.last_epoch)
+    run.scheduler._last_lr = [group["lr"] for group in run.optimizer.param_groups]
+    run.step, run.losses, run.best_val = state["step"], list(state["losses"]), state["best_val"]
+    run.bad_evals, run.tokens, run.seconds = state["bad_evals"], state["tokens"], state["seconds"]
+
+
+def data_fingerprint(examples: list[Example]) -> str:
+    digest = hashlib.sha256()
+    for e in examples:
+        digest.update(json.dumps([e.input_ids, e.labels]).encode())
+    return digest.hexdigest()[:16]
+
+
+# -- the loop -------------------------------------------------------------------------------------
+def _batch(run: _Run, params: TrainParams, pad_id: int) -> dict:
+    epoch, index = divmod(run.step, run.per_epoch)
+    order = epoch_order(len(run.train), params.seed, epoch)
+    rows = order[index * params.batch_size : (index + 1) * params.batch_size]
+    return _on_device(collate([run.train[i] for i in rows], pad_id), run.model)
+
+
+def _on_device(batch: dict, model: Any) -> dict:
+    device = next(model.parameters()).device
+    return {name: tensor.to(device) for name, tensor in batch.items()}
+
+
+def _train_step(run: _Run, params: TrainParams, batch: dict) -> tuple[float, float, float]:
+    import torch
+
+    step = run.step + 1
+    loss = run.model(**batch).loss
+    if not torch.isfinite(loss):
+        raise _diverged(step, f"the loss became {loss.item()}", params)
+    loss.backward()
+    trainables = [p for p in run.model.parameters() if p.requires_grad]
+    clip = params.max_grad_norm if params.max_grad_norm > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainables, clip)
+    if not torch.isfinite(grad_norm):
+        raise _diverged(step, "the gradients became infinite", params)
+    lr = run.optimizer.param_groups[0]["lr"]  # the rate this step uses
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss.item(), grad_norm.item(), lr
+
+
+def _diverged(step: int, what: str, params: TrainParams) -> QuantTuneError:
+    return QuantTuneError(
+        f"Training diverged at step {step}: {what} (learning rate {params.learning_rate:g}).",
+        "Lower the learning rate (try a tenth) and keep gradient clipping on, then start again (or resume "
+        "from an earlier checkpoint: those saved before this step are intact).",
+    )
+
+
+def evaluate(model: Any, examples: list[Example], batch_size: int, pad_id: int, ctx: JobContext) -> float:
+    """Mean loss per answer token over ``examples``."""
+    import torch
+
+    model.eval()  # no dropout: validation loss is exact, and draws nothing from the RNG
+    total, count = 0.0, 0
+    try:
+        with torch.no_grad():
+            for start in range(0, len(examples), batch_size):
+                ctx.check_cancelled()
+                batch = _on_device(collate(examples[start : start + batch_size], pad_id), model)
+                tokens = int((batch["labels"][:, 1:] != -100).sum())
+                total += model(**batch).loss.item() * tokens
+                count += tokens
+    finally:
+        model.train()
+    return total / max(1, count)
+
+
+def _checkpoint(run: _Run, params: TrainParams) -> None:
+    folder = Path(params.output) / "checkpoints" / f"step-{run.step}"
+    save_checkpoint(folder, run.model, run.optimizer, run.scheduler, run.state(params.seed))
+    run.saved_at = run.step
+
+
+def _evaluate_and_stop(run: _Run, params: TrainParams, ctx: JobContext, pad_id: int) -> bool:
+    """Evaluate when due; True when early stopping says to stop."""
+    due = (params.eval_every and run.step % params.eval_every == 0) or run.step == run.total_steps
+    if not run.val or not due:
+        return False
+    val_loss = evaluate(run.model, run.val, params.batch_size, pad_id, ctx)
+    ctx.metric("val_loss", val_loss, run.step)
+    if run.best_val is None or val_loss < run.best_val:
+        run.best_val, run.bad_evals = val_loss, 0
+        return False
+    run.bad_evals += 1
+    return 0 < params.early_stopping_patience <= run.bad_evals
+
+
+def _loop(run: _Run, params: TrainParams, ctx: JobContext) -> bool:
+    """Train until the last step (or early stop: returns True); on cancel checkpoint, then raise."""
+    pad_id = params.loaded.tokenizer.pad_token_id
+    pad_id = params.loaded.tokenizer.eos_token_id if pad_id is None else pad_id
+    ctx.stage("Training")
+    while run.step < run.total_steps:
+        try:  # a cancel arrives between steps (or during evaluation), so run.step is always complete
+            ctx.check_cancelled()
+            _one_step(run, params, ctx, pad_id)
+            stop = _evaluate_and_stop(run, params, ctx, pad_id)
+            if stop or (params.save_every and run.step % params.save_every == 0):
+                _checkpoint(run, params)
+            ctx.progress(run.step, run.total_steps, f"Step {run.step} of {run.total_steps}")
+        except Cancelled:
+            _checkpoint(run, params)
+            raise
+        if stop:
+            return True
+    return False
+
+
+def _one_step(run: _Run, params: TrainParams, ctx: JobContext, pad_id: int) -> None:
+    batch = _batch(run, params, pad_id)
+    started = time.perf_counter()
+    loss, grad_norm, lr = _train_step(run, params, batch)
+    elapsed = time.perf_counter() - started
+    tokens = int(batch["attention_mask"].sum())  # real tokens: padding is not work done
+    run.step, run.tokens, run.seconds = run.step + 1, run.tokens + tokens, run.seconds + elapsed
+    run.losses.append(loss)
+    ctx.metric("loss", loss, run.step)
+    ctx.metric("learning_rate", lr, run.step)
+    ctx.metric("grad_norm", grad_norm, run.step)
+    ctx.metric("tokens_per_second", tokens / max(elapsed, 1e-9), run.step)
+
+
+# -- save and run ---------------------------------------------------------------------------------
+def save_final(model: Any, settings: methods.MethodSettings, folder: Path) -> Path:
+    """The adapter (peft methods) or the trained tensors (freezing methods), with the method settings."""
+    from safetensors.torch import save_file
+
+    with staged_dir(folder) as tmp:
+        from peft import PeftModel
+
+        if isinstance(model, PeftModel):
+            model.save_pretrained(tmp)  # adapter_model.safetensors + adapter_config.json
+        else:
+            save_file(trainable_tensors(model), str(tmp / WEIGHTS))
+        write_json(tmp / "method.json", asdict(settings))
+    return folder
+
+
+def run(params: TrainParams, ctx: JobContext) -> TrainReport:
+    started = time.monotonic()
+    run_state = _setup(params, ctx)
+    stopped_early = _loop(run_state, params, ctx)
+    ctx.stage("Saving")
+    if run_state.saved_at != run_state.step:
+        _checkpoint(run_state, params)
+    save_final(run_state.model, params.method, Path(params.output) / "final")
+    counts = methods.trainable(run_state.model)
+    return TrainReport(
+        steps=run_state.step,
+        final_train_loss=run_state.losses[-1] if run_state.losses else float("nan"),
+        best_validation_loss=run_state.best_val,
+        losses=list(run_state.losses),
+        trainable_parameters=counts.trainable,
+        total_parameters=counts.total,
+        seconds=time.monotonic() - started,
+        tokens_per_second=run_state.tokens / max(run_state.seconds, 1e-9),
+        checkpoints=[Checkpoint(*c) for c in list_checkpoints(params.output)],
+        output=Path(params.output),
+        truncated_rows=run_state.truncated,
+        stopped_early=stopped_early,
+    )
