@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.errors import Cancelled, QuantTuneError
-from core.finetune import batches, train
+from core.finetune import batches, checkpoints, train
 from core.finetune.methods import MethodSettings
 from core.jobs import JobContext
 
@@ -100,7 +100,7 @@ def test_three_steps_then_resume_equals_six_straight(tiny_loaded, alpaca, tmp_pa
     )
     step3 = tmp_path / "a/checkpoints/step-3"
     assert [c[0] for c in train.list_checkpoints(tmp_path / "a")] == [3, 6]
-    torch.load(step3 / train.OPTIMIZER, weights_only=True)  # optimizer and scheduler load without pickle code
+    torch.load(step3 / checkpoints.OPTIMIZER, weights_only=True)  # no pickled code needed
     resumed = train.run(params(tiny_loaded, alpaca, tmp_path / "b", resume_from=step3), JobContext())
     assert resumed.losses == straight.losses and resumed.steps == 6
     a = load_file(tmp_path / "a/checkpoints/step-6" / train.WEIGHTS)
