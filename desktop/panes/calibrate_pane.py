@@ -349,6 +349,14 @@ class CalibratePane(QWidget):
         self.tabs.setCurrentWidget(self.report_view)
         self.status_label.setText("Press “Load this model” in Runs to see its scales or ask it.")
 
+    def _start_run_job(self, fn: Any, params: Any, name: str, on_success: Any) -> JobHandle:
+        """A short job on a saved run (reload, copy): progress in the job bar, errors in the panel."""
+        handle = self.runner.start(fn, params, name=name, owner=self)
+        handle.succeeded.connect(on_success)
+        handle.failed.connect(self.error_panel.show_error)
+        self.job_bar.bind(handle)
+        return handle
+
     @Slot(str)
     def load_run(self, run_id: str) -> JobHandle | None:
         """Reload a saved run from disk (checking its outputs) for the scales view and Ask."""
@@ -359,11 +367,7 @@ class CalibratePane(QWidget):
             return None
         self.show_run(run_id)
         params = runs.ReloadParams(runs.run_path(self.session.project, record))
-        handle = self.runner.start(_reload_job, params, name=f"Loading {record['label']}", owner=self)
-        handle.succeeded.connect(self._on_reloaded)
-        handle.failed.connect(self.error_panel.show_error)
-        self.job_bar.bind(handle)
-        return handle
+        return self._start_run_job(_reload_job, params, f"Loading {record['label']}", self._on_reloaded)
 
     @Slot(object)
     def _on_reloaded(self, reloaded: Any) -> None:
@@ -401,11 +405,7 @@ class CalibratePane(QWidget):
                 f"Cannot save there: {'; '.join(problems)}.", "Choose another name."
             )
             return None
-        handle = self.runner.start(_copy_job, params, name=f"Saving a copy of {record['label']}", owner=self)
-        handle.succeeded.connect(self._on_copied)
-        handle.failed.connect(self.error_panel.show_error)
-        self.job_bar.bind(handle)
-        return handle
+        return self._start_run_job(_copy_job, params, f"Saving a copy of {record['label']}", self._on_copied)
 
     @Slot(object)
     def _on_copied(self, path: Any) -> None:
