@@ -17,7 +17,7 @@ from typing import Any
 from core import atomic, paths
 from core.errors import ProjectError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 PROJECT_FILE = "project.json"
 ARTIFACTS_DIR = "artifacts"
 STEPS = (
@@ -90,6 +90,37 @@ class QuantizeSettings:
 
 
 @dataclass
+class FinetuneSettings:
+    """The Fine-tuning method and Train steps: the data, the method, and the training loop.
+
+    ``dataset`` empty means none chosen yet; ``columns`` maps roles to columns where the shape
+    was not recognised. ``method`` holds core.finetune.methods.MethodSettings' fields (target
+    modules as a list). The split is test, then validation, from one shuffle by ``seed``;
+    the test rows are never trained on (the Evaluate step scores them).
+    """
+
+    dataset: str = ""
+    task: str = "instruction"
+    columns: dict[str, str] = field(default_factory=dict)
+    drop_bad_rows: bool = False
+    max_length: int = 512
+    validation_ratio: float = 0.1
+    test_ratio: float = 0.1
+    seed: int = 0
+    method: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 4
+    learning_rate: float = 2e-4
+    epochs: int = 1
+    max_steps: int = 0
+    warmup_steps: int = 0
+    eval_every: int = 20
+    save_every: int = 50
+    early_stopping_patience: int = 0
+    gradient_checkpointing: bool = False
+    save_merged: bool = False
+
+
+@dataclass
 class Project:
     name: str
     folder: Path
@@ -98,8 +129,10 @@ class Project:
     load: LoadSettings = field(default_factory=LoadSettings)
     inspect: InspectSettings = field(default_factory=InspectSettings)
     quantize: QuantizeSettings = field(default_factory=QuantizeSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     step_status: dict[str, str] = field(default_factory=dict)  # step -> "done" | "stale"
     runs: list[dict[str, Any]] = field(default_factory=list)  # see core.quant.runs
+    train_runs: list[dict[str, Any]] = field(default_factory=list)  # see core.finetune.runs
     notes: str = ""
 
     @property
@@ -118,7 +151,10 @@ class Project:
         load = _settings(LoadSettings, known.pop("load", None))
         inspect = _settings(InspectSettings, known.pop("inspect", None))
         quantize = _settings(QuantizeSettings, known.pop("quantize", None))
-        project = cls(folder=folder, load=load, inspect=inspect, quantize=quantize, **known)
+        finetune = _settings(FinetuneSettings, known.pop("finetune", None))
+        project = cls(
+            folder=folder, load=load, inspect=inspect, quantize=quantize, finetune=finetune, **known
+        )
         _check_types(project)
         return project
 
@@ -137,6 +173,7 @@ _EXPECTED_TYPES = {
     "modified": str,
     "step_status": dict,
     "runs": list,
+    "train_runs": list,
     "notes": str,
 }
 
@@ -176,7 +213,14 @@ def _v3_to_v4(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+def _v4_to_v5(data: dict[str, Any]) -> dict[str, Any]:
+    # v5 added the Fine-tuning method and Train steps' settings and their runs; defaults apply.
+    data.setdefault("finetune", asdict(FinetuneSettings()))
+    data.setdefault("train_runs", [])
+    return data
+
+
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
 
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:

@@ -49,6 +49,9 @@ class Table:
     def head(self, n: int = 20) -> list[dict]:
         return list(self.rows(n))
 
+    def subset(self, rows: list[int]) -> Table:
+        return Table(self.path, self.dataset.select(rows))
+
 
 # --- reading -----------------------------------------------------------------------------------
 

@@ -52,6 +52,8 @@ class Method:
     explanation: str
     best_when: str
     apply: Callable[[Any, MethodSettings], Any] = field(repr=False)
+    # what the method reports after each step beside the loss (QAT: the watched layer's S and Z)
+    metrics: Callable[[Any], dict[str, float]] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,13 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.atomic import staged_dir, write_json
-from core.data.formats import detect_shape, read_rows, validate_rows
+from core.data.formats import Shape, Table, detect_shape, read_rows, validate_rows
+from core.data.splits import Split, split_rows
 from core.errors import Cancelled, QuantTuneError
 from core.finetune import methods
 from core.finetune.batches import Example, collate, encode_table
@@ -35,12 +36,14 @@ from core.finetune.checkpoints import (
     save_checkpoint,
     trainable_tensors,
 )
+from core.finetune.runlog import MetricsLog
 from core.jobs import JobContext
 
 if TYPE_CHECKING:
     pass
 
 TASKS = ("instruction", "causal_lm")
+SPLIT = "split.json"  # which rows of the file went to train, validation and test
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ class TrainParams:
     method: methods.MethodSettings = field(default_factory=methods.MethodSettings)
     max_length: int = 512
     validation_ratio: float = 0.1
+    test_ratio: float = 0.0  # held out for the Evaluate step, never trained on
+    drop_bad_rows: bool = False  # leave rows with problems out instead of refusing to start
     seed: int = 0
     batch_size: int = 4
     learning_rate: float = 2e-4
@@ -75,8 +80,10 @@ class TrainParams:
             problems.append(f"unknown task {self.task!r} (choose {', '.join(TASKS)})")
         if self.max_length < 8:
             problems.append("the maximum length is at least 8 tokens")
-        if not 0.0 <= self.validation_ratio < 1.0:
-            problems.append("the validation share lies in [0, 1)")
+        if not (0.0 <= self.validation_ratio < 1.0 and 0.0 <= self.test_ratio < 1.0):
+            problems.append("the validation and test shares lie in [0, 1)")
+        elif self.validation_ratio + self.test_ratio >= 0.9:
+            problems.append("validation and test together leave under 10% to train on: lower them")
         if self.batch_size < 1:
             problems.append("the batch size is at least 1")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
@@ -118,9 +125,11 @@ class TrainReport:
     output: Path
     truncated_rows: int = 0
     stopped_early: bool = False
+    model: Any = field(default=None, repr=False, compare=False)  # the trained model, in memory
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = asdict(replace(self, model=None))
+        d.pop("model")
         d["final_train_loss"] = _finite_or_none(self.final_train_loss)
         d["losses"] = [_finite_or_none(v) for v in self.losses]
         d["output"] = str(self.output)
@@ -143,24 +152,35 @@ def _load_examples(params: TrainParams, tokenizer: Any) -> tuple[list[Example], 
             f"QuantTune does not recognise the columns of {Path(params.dataset).name}.",
             "Map the columns to roles (e.g. instruction and output, or text).",
         )
-    bad_rows = [p for p in validate_rows(table, shape) if p.row is not None]
-    if bad_rows:
+    problems = [p for p in validate_rows(table, shape) if p.row is not None]
+    bad = {p.row - 1 for p in problems}  # the problems count rows from 1
+    if bad and not params.drop_bad_rows:
         raise QuantTuneError(
-            f"{len(bad_rows)} problem(s) in the data, the first: {bad_rows[0].message}.",
-            "Fix or drop those rows (the Data step lists them all), or correct the column mapping.",
+            f"{len(bad)} row(s) of the data have problems, the first: {problems[0].message}.",
+            "Drop the rows with problems (the Fine-tuning method step lists them), or fix the mapping.",
         )
-    encoded = encode_table(table, shape, tokenizer, params.task, params.max_length)
-    order = epoch_order(len(encoded.examples), params.seed, epoch=-1)  # -1: the split, not an epoch
-    n_val = round(len(order) * params.validation_ratio)
-    n_val = max(1, n_val) if params.validation_ratio > 0 and len(order) > 1 else n_val
-    train = [encoded.examples[i] for i in order[n_val:]]
+    split = data_split(params, table, shape, bad)
+    write_json(Path(params.output) / SPLIT, {"dataset": str(params.dataset), **split.to_dict()})
+    encoded = [encode_table(table.subset(rows), shape, tokenizer, params.task, params.max_length)
+               for rows in (split.train, split.validation)]  # fmt: skip
+    train, val = encoded[0].examples, encoded[1].examples
     if not train:
-        cut = f" ({encoded.dropped} lost their whole answer to the maximum length)" if encoded.dropped else ""
+        dropped = encoded[0].dropped
+        cut = f" ({dropped} lost their whole answer to the maximum length)" if dropped else ""
         raise QuantTuneError(
             f"No rows are left to train on{cut}.",
-            "Raise the maximum length, add rows, or lower the validation share.",
+            "Raise the maximum length, add rows, or lower the validation and test shares.",
         )
-    return train, [encoded.examples[i] for i in order[:n_val]], encoded.truncated
+    return train, val, encoded[0].truncated + encoded[1].truncated
+
+
+def data_split(params: TrainParams, table: Table, shape: Shape, bad: set[int]) -> Split:
+    """The rows of each part (indices into the file), bad rows left out, labels stratified."""
+    keep = [i for i in range(len(table)) if i not in bad]
+    label_column = shape.mapping.get("label") if params.task == "classification" else None
+    labels = table.dataset.select(keep)[label_column] if label_column else None
+    split = split_rows(len(keep), params.seed, params.validation_ratio, params.test_ratio, labels)
+    return Split(*([keep[i] for i in part] for part in (split.train, split.validation, split.test)))
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -199,6 +219,7 @@ class _Run:
     truncated: int = 0
     fingerprint: str = ""  # of the training examples: a resume must see the same data
     saved_at: int = -1  # the step of the last checkpoint this run wrote
+    log: MetricsLog | None = None
 
     def state(self, seed: int) -> dict:
         epoch = self.step // self.per_epoch
@@ -328,7 +349,7 @@ def _evaluate_and_stop(run: _Run, params: TrainParams, ctx: JobContext, pad_id: 
     if not run.val or not due:
         return False
     val_loss = evaluate(run.model, run.val, params.batch_size, pad_id, ctx)
-    ctx.metric("val_loss", val_loss, run.step)
+    _report(run, ctx, {"val_loss": val_loss})
     if run.best_val is None or val_loss < run.best_val:
         run.best_val, run.bad_evals = val_loss, 0
         return False
@@ -357,6 +378,14 @@ def _loop(run: _Run, params: TrainParams, ctx: JobContext) -> bool:
     return False
 
 
+def _report(run: _Run, ctx: JobContext, values: dict[str, float]) -> None:
+    """Each metric to the window (or CLI) and, as one line for this step, to the run's log."""
+    for name, value in values.items():
+        ctx.metric(name, value, run.step)
+    if run.log is not None:
+        run.log.write(run.step, values)
+
+
 def _one_step(run: _Run, params: TrainParams, ctx: JobContext, pad_id: int) -> None:
     batch = _batch(run, params, pad_id)
     started = time.perf_counter()
@@ -365,10 +394,10 @@ def _one_step(run: _Run, params: TrainParams, ctx: JobContext, pad_id: int) -> N
     tokens = int(batch["attention_mask"].sum())  # real tokens: padding is not work done
     run.step, run.tokens, run.seconds = run.step + 1, run.tokens + tokens, run.seconds + elapsed
     run.losses.append(loss)
-    ctx.metric("loss", loss, run.step)
-    ctx.metric("learning_rate", lr, run.step)
-    ctx.metric("grad_norm", grad_norm, run.step)
-    ctx.metric("tokens_per_second", tokens / max(elapsed, 1e-9), run.step)
+    values = {"loss": loss, "learning_rate": lr, "grad_norm": grad_norm,
+              "tokens_per_second": tokens / max(elapsed, 1e-9), "seconds": run.seconds}  # fmt: skip
+    method_metrics = methods.METHODS[params.method.method].metrics
+    _report(run, ctx, {**values, **(method_metrics(run.model) if method_metrics else {})})
 
 
 # -- save and run ---------------------------------------------------------------------------------
@@ -390,7 +419,11 @@ def save_final(model: Any, settings: methods.MethodSettings, folder: Path) -> Pa
 def run(params: TrainParams, ctx: JobContext) -> TrainReport:
     started = time.monotonic()
     run_state = _setup(params, ctx)
-    stopped_early = _loop(run_state, params, ctx)
+    run_state.log = MetricsLog(params.output)
+    try:
+        stopped_early = _loop(run_state, params, ctx)
+    finally:
+        run_state.log.close()
     ctx.stage("Saving")
     if run_state.saved_at != run_state.step:
         _checkpoint(run_state, params)
@@ -409,4 +442,5 @@ def run(params: TrainParams, ctx: JobContext) -> TrainReport:
         output=Path(params.output),
         truncated_rows=run_state.truncated,
         stopped_early=stopped_early,
+        model=run_state.model,
     )

@@ -206,3 +206,32 @@ def test_the_bundled_instruction_datasets_train(tiny_loaded, tmp_path, name):
     report = train.run(p, JobContext())
     assert report.steps == 2 and all(math.isfinite(v) for v in report.losses)
     assert report.best_validation_loss is not None
+
+
+def test_the_metrics_log_and_split_are_written_as_training_goes(tiny_loaded, alpaca, tmp_path):
+    from core.finetune.runlog import read_metrics
+
+    out = tmp_path / "run"
+    p = params(tiny_loaded, alpaca, out, max_steps=4, eval_every=2, test_ratio=0.2)
+    train.run(p, JobContext())
+    history = read_metrics(out)
+    assert [r["step"] for r in history] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) and r["learning_rate"] > 0 for r in history)
+    assert "val_loss" in history[1] and "val_loss" not in history[0]
+    split = json.loads((out / train.SPLIT).read_text())
+    assert len(split["test"]) == 8 and len(split["validation"]) == 4 and len(split["train"]) == 28
+    assert not set(split["test"]) & set(split["train"] + split["validation"])
+    with (out / "metrics.jsonl").open("a") as log:
+        log.write('{"step": 5, "loss": 1.')  # a line cut short by a kill
+    assert len(read_metrics(out)) == 4
+
+
+def test_rows_with_problems_stop_the_run_unless_dropped(tiny_loaded, tmp_path):
+    data = write_alpaca(tmp_path / "rows.jsonl", 40)
+    with data.open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"instruction": "", "input": "", "output": "no question"}) + "\n")
+    with pytest.raises(QuantTuneError, match="1 row"):
+        train.run(params(tiny_loaded, data, tmp_path / "a", max_steps=1), JobContext())
+    train.run(params(tiny_loaded, data, tmp_path / "b", max_steps=1, drop_bad_rows=True), JobContext())
+    split = json.loads((tmp_path / "b" / train.SPLIT).read_text())
+    assert 40 not in split["train"] + split["validation"] + split["test"]

@@ -180,6 +180,21 @@ def test_migrates_version_3_adds_quantize_defaults(tmp_path):
     assert again.quantize.symmetric is False
 
 
+def test_migrates_version_4_adds_finetune_defaults(tmp_path):
+    (tmp_path / "project.json").write_text(
+        json.dumps({"schema_version": 4, "name": "v4", "quantize": {"precision": "int8"}, "runs": []})
+    )
+    p = project.load_project(tmp_path)
+    assert p.quantize.precision == "int8"
+    assert (p.finetune.dataset, p.finetune.task, p.finetune.batch_size) == ("", "instruction", 4)
+    assert p.train_runs == []
+    p.finetune.method = {"method": "ia3"}
+    p.finetune.dataset = "/data/rows.jsonl"
+    project.save_project(p)
+    again = project.load_project(tmp_path)
+    assert again.finetune.method == {"method": "ia3"} and again.finetune.dataset == "/data/rows.jsonl"
+
+
 def test_a_staged_folder_under_a_file_is_a_storage_error(tmp_path):
     from core.errors import StorageError
 
