@@ -29,6 +29,13 @@ class MethodSettings:
     target_modules: tuple[str, ...] = LINEAR_TARGETS
     virtual_tokens: int = 20  # prefix, prompt and P-tuning
     top_layers: int = 2  # partial fine-tuning: the top N decoder blocks (and the head)
+    adapter_size: int = 16  # bottleneck adapters: the width of the small layer inside each block
+    qat_bits: int = 4  # quantization-aware training: the grid the base weights train on
+    qat_group_size: int = 64  # 0: one scale per output channel
+    qat_symmetric: bool = False
+    qat_scales: str = "moving_average"  # "moving_average" (observed on the fly) or "lsq" (learned)
+    qat_lora: bool = True  # LoRA on the fake-quantized base; False: every base weight trains
+    qat_watch: str = ""  # the layer whose S and Z are reported each step; "": the first one
 
     def validate(self) -> list[str]:
         problems = []
