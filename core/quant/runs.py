@@ -63,8 +63,8 @@ def record_run(project: Any, run_id: str, report: dict[str, Any]) -> dict[str, A
         "kind": KIND,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "label": label(report["settings"]),
-        "folder": _relative(folder, project.folder),
-        "settings": _plain(report["settings"]),
+        "folder": relative_path(folder, project.folder),
+        "settings": plain_settings(report["settings"]),
         "summary": {k: report.get(k) for k in SUMMARY_KEYS},
     }
     project.runs.append(record)
@@ -92,33 +92,38 @@ def read_report(project: Any, record: dict[str, Any]) -> dict[str, Any]:
 
 
 def delete_run(project: Any, run_id: str) -> None:
-    """Forget the run and remove its folder (renamed first, so no half-deleted model looks valid)."""
+    """Forget the run and remove its folder."""
     record = next((r for r in project.runs if r.get("id") == run_id), None)
     if record is None:
         return
-    folder = run_path(project, record)
-    if folder.exists():
-        trash = folder.with_name(f".{folder.name}.deleting")
-        try:
-            shutil.rmtree(trash, ignore_errors=True)  # left by an earlier, interrupted delete
-            folder.rename(trash)
-        except OSError as exc:
-            raise StorageError(
-                f"Could not delete {folder}: {exc.strerror or exc}.",
-                "Check that the folder is not open in another program and that you may change it.",
-            ) from exc
-        shutil.rmtree(trash, ignore_errors=True)
+    remove_folder(run_path(project, record))
     project.runs.remove(record)
 
 
-def _relative(folder: Path, root: Path) -> str:
+def remove_folder(folder: Path) -> None:
+    """Remove a run's folder (renamed first, so no half-deleted model looks valid)."""
+    if not folder.exists():
+        return
+    trash = folder.with_name(f".{folder.name}.deleting")
+    try:
+        shutil.rmtree(trash, ignore_errors=True)  # left by an earlier, interrupted delete
+        folder.rename(trash)
+    except OSError as exc:
+        raise StorageError(
+            f"Could not delete {folder}: {exc.strerror or exc}.",
+            "Check that the folder is not open in another program and that you may change it.",
+        ) from exc
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def relative_path(folder: Path, root: Path) -> str:
     try:
         return str(folder.resolve().relative_to(root.resolve()))
     except ValueError:
         return str(folder)  # saved outside the project: keep the absolute path
 
 
-def _plain(settings: dict[str, Any]) -> dict[str, Any]:
+def plain_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """JSON-safe settings (tuples become lists)."""
     return json.loads(json.dumps(settings, default=str))
 

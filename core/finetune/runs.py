@@ -1,0 +1,163 @@
+"""Training runs of a project: each in its own folder under artifacts/train/, with a record in
+``Project.train_runs`` written when the run starts, so a run the app did not see finish (a crash,
+a kill) still shows its history and checkpoints when the project is reopened.
+
+A record is a plain dict: ``{"id", "created", "label", "folder" (relative to the project),
+"settings" (the FinetuneSettings), "status", "summary"}``; status is "running", "finished",
+"stopped" (the user stopped it: it resumes from its last checkpoint) or "failed". A "running"
+record whose job is not running was interrupted. The bundled sample datasets are listed here too.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, fields
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from core.errors import QuantTuneError
+from core.finetune import methods
+from core.finetune.checkpoints import WEIGHTS, list_checkpoints
+from core.finetune.runlog import read_metrics
+from core.quant.runs import plain_settings, relative_path, run_path
+
+RUNS_DIR = "train"
+SUMMARY_KEYS = ("steps", "final_train_loss", "best_validation_loss", "seconds", "tokens_per_second",
+                "trainable_parameters", "total_parameters", "stopped_early")  # fmt: skip
+BUNDLED = {  # file -> (title, task)
+    "instructions-units.jsonl": ("Unit conversions (instructions, 326 rows)", "instruction"),
+    "classification-support.csv": ("Support messages (classification, 340 rows, 5 labels)", "classification"),
+    "qa-planets.jsonl": ("Planets (question answering, 241 rows)", "qa"),
+    "summaries-notes.jsonl": ("Team notes (summarisation, 210 rows)", "summarization"),
+}
+DEFAULT_DATASET = "instructions-units.jsonl"
+
+
+def bundled_dataset(name: str) -> Path:
+    return Path(str(resources.files("resources").joinpath("datasets", name)))
+
+
+def dataset_path(settings: Any) -> Path:
+    """The settings' dataset file; the bundled instruction set when none was chosen."""
+    return Path(settings.dataset) if settings.dataset else bundled_dataset(DEFAULT_DATASET)
+
+
+def core_task(task: str) -> str:
+    """The Train job's task: question answering and summarisation are taught as instructions."""
+    return "instruction" if task in ("qa", "summarization") else task
+
+
+def method_settings(data: dict[str, Any]) -> methods.MethodSettings:
+    known = {f.name for f in fields(methods.MethodSettings)}
+    values = {k: v for k, v in data.items() if k in known}
+    if "target_modules" in values:
+        values["target_modules"] = tuple(values["target_modules"])
+    return methods.MethodSettings(**values)
+
+
+def train_params(settings: Any, loaded: Any, output: Path, resume_from: Path | None = None) -> Any:
+    """core.finetune.train.TrainParams for a project's FinetuneSettings."""
+    from core.finetune.train import TrainParams
+
+    s = settings
+    return TrainParams(
+        loaded=loaded, dataset=dataset_path(s), output=Path(output), task=core_task(s.task),
+        columns=tuple(sorted(s.columns.items())), method=method_settings(s.method), max_length=s.max_length,
+        validation_ratio=s.validation_ratio, test_ratio=s.test_ratio, drop_bad_rows=s.drop_bad_rows,
+        seed=s.seed, batch_size=s.batch_size, learning_rate=s.learning_rate, epochs=s.epochs,
+        max_steps=s.max_steps, warmup_steps=s.warmup_steps, eval_every=s.eval_every,
+        save_every=s.save_every, early_stopping_patience=s.early_stopping_patience, resume_from=resume_from,
+    )  # fmt: skip
+
+
+def label(settings: dict[str, Any]) -> str:
+    """ "LoRA r8 · instructions-units" """
+    method = settings.get("method", {})
+    key = method.get("method", "lora")
+    title = methods.METHODS[key].title if key in methods.METHODS else key
+    if key in ("lora", "dora", "qlora"):
+        title += f" r{method.get('rank', methods.MethodSettings.rank)}"
+    data = Path(settings.get("dataset") or DEFAULT_DATASET).stem
+    return f"{title} · {data}"
+
+
+def new_train_run(project: Any, settings: Any) -> tuple[str, Path]:
+    """Record a run that is starting (status "running") and give its folder."""
+    created = datetime.now(timezone.utc)
+    data = plain_settings(asdict(settings))
+    base = f"{created.strftime('%Y%m%d-%H%M%S')}-{data.get('method', {}).get('method', 'lora')}"
+    root = project.artifacts / RUNS_DIR
+    run_id, n = base, 2
+    while (root / run_id).exists() or any(r.get("id") == run_id for r in project.train_runs):
+        run_id, n = f"{base}-{n}", n + 1
+    project.train_runs.append({
+        "id": run_id, "created": created.isoformat(timespec="seconds"), "label": label(data),
+        "folder": relative_path(root / run_id, project.folder), "settings": data, "status": "running",
+        "summary": {},
+    })  # fmt: skip
+    return run_id, root / run_id
+
+
+def finish_train_run(project: Any, run_id: str, status: str, report: dict[str, Any] | None = None) -> None:
+    record = find(project, run_id)
+    if record is None:
+        return
+    record["status"] = status
+    if report is not None:
+        record["summary"] = {k: report.get(k) for k in SUMMARY_KEYS}
+
+
+def find(project: Any, run_id: str) -> dict[str, Any] | None:
+    return next((r for r in project.train_runs if r.get("id") == run_id), None)
+
+
+def history(project: Any, record: dict[str, Any]) -> list[dict]:
+    return read_metrics(run_path(project, record))
+
+
+def checkpoints(project: Any, record: dict[str, Any]) -> list[tuple[int, float, float, Path]]:
+    return list_checkpoints(run_path(project, record))
+
+
+def has_final(project: Any, record: dict[str, Any]) -> bool:
+    return (run_path(project, record) / "final" / "method.json").is_file()
+
+
+def delete_train_run(project: Any, run_id: str) -> None:
+    from core.quant.runs import remove_folder
+
+    record = find(project, run_id)
+    if record is None:
+        return
+    remove_folder(run_path(project, record))
+    project.train_runs.remove(record)
+
+
+def load_trained(loaded: Any, folder: Path) -> Any:
+    """The base model with a finished run's training applied (``folder``: the run's final/)."""
+    folder = Path(folder)
+    try:
+        settings = method_settings(json.loads((folder / "method.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:
+        raise QuantTuneError(
+            f"{folder} holds no readable trained model ({exc}).",
+            "Its run did not finish: resume it from a checkpoint, or train again.",
+        ) from exc
+    base = copy.deepcopy(loaded.model)
+    if (folder / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, str(folder)).eval()
+    from safetensors.torch import load_file
+
+    model = methods.apply(base, settings)
+    params = dict(model.named_parameters())
+    import torch
+
+    with torch.no_grad():
+        for name, tensor in load_file(str(folder / WEIGHTS)).items():
+            params[name].copy_(tensor)
+    return model.eval()
