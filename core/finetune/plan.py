@@ -1,0 +1,59 @@
+"""What a training run will cost, before Start: the method's trainable parameters on the loaded
+model and the peak memory for the exact settings, with "fits / does not fit" for this machine.
+
+``run(params, ctx) -> Plan`` applies the method to a copy of the model (peft and the freezing
+methods decide what trains; counting them any other way would drift from what training does)
+and measures that copy's shape; the copy is dropped at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from core.finetune import methods
+from core.finetune.estimate import Estimate, ModelShape, available_memory, estimate
+from core.jobs import JobContext
+
+
+@dataclass(frozen=True)
+class PlanParams:
+    loaded: Any  # core.models.loading.LoadedModel
+    method: methods.MethodSettings
+    batch_size: int = 4
+    max_length: int = 512
+    checkpointing: bool = False
+
+    def validate(self) -> list[str]:
+        problems = list(self.method.validate())
+        if self.loaded is None:
+            problems.append("load a model first")
+        if self.batch_size < 1 or self.max_length < 8:
+            problems.append("the batch size is at least 1 and the maximum length at least 8")
+        return problems
+
+
+@dataclass(frozen=True)
+class Plan:
+    trainable: methods.Trainable
+    estimate: Estimate
+    device: str
+
+
+def run(params: PlanParams, ctx: JobContext) -> Plan:
+    ctx.stage("Applying the method to a copy of the model")
+    qlora = params.method.method == "qlora"
+    # QLoRA trains what LoRA trains; counted on the float copy, without quantizing it here
+    method = dataclasses.replace(params.method, method="lora") if qlora else params.method
+    model = methods.apply(copy.deepcopy(params.loaded.model), method)
+    counts = methods.trainable(model)
+    shape = ModelShape.of(model)
+    if qlora:  # NF4 base: about half a byte per weight, plus the scales
+        shape = ModelShape(**{**shape.__dict__, "weight_bytes": 0.56})
+    del model
+    device = str(params.loaded.device)
+    memory = estimate(shape, params.batch_size, params.max_length, checkpointing=params.checkpointing,
+                      available=available_memory("cpu" if device == "cpu" else device))  # fmt: skip
+    return Plan(counts, memory, device)
