@@ -63,6 +63,7 @@ class Session(QObject):
         self.settings = app_settings.load_settings()
         self.project: projects.Project | None = None
         self._scratch_quantize = projects.QuantizeSettings()  # used while no project is open
+        self._scratch_finetune = projects.FinetuneSettings()
         self.model: Any = None  # core.models.loading.LoadedModel
         self.devices: list = []
         self.save_state = "none"
@@ -98,6 +99,11 @@ class Session(QObject):
     def quantize_settings(self) -> projects.QuantizeSettings:
         """The Precision and Calibrate steps' settings: the project's, else this session's."""
         return self.project.quantize if self.project is not None else self._scratch_quantize
+
+    @property
+    def finetune_settings(self) -> projects.FinetuneSettings:
+        """The Fine-tuning method and Train steps' settings: the project's, else this session's."""
+        return self.project.finetune if self.project is not None else self._scratch_finetune
 
     def close_project(self) -> None:
         self.flush()

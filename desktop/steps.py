@@ -15,7 +15,9 @@ from PySide6.QtWidgets import QWidget
 from desktop.panes.calibrate_pane import CalibratePane
 from desktop.panes.inspect_pane import InspectPane
 from desktop.panes.load_pane import LoadPane
+from desktop.panes.method_pane import MethodPane
 from desktop.panes.precision_pane import PrecisionPane
+from desktop.panes.train_pane import TrainPane
 from desktop.session import Session
 
 
@@ -31,7 +33,7 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("inspect", "Inspect weights", InspectPane),
     StepSpec("precision", "Precision & symmetry", PrecisionPane),
     StepSpec("calibrate", "Calibrate", CalibratePane),
-    StepSpec("method", "Fine-tuning method", None),
-    StepSpec("train", "Train", None),
+    StepSpec("method", "Fine-tuning method", MethodPane),
+    StepSpec("train", "Train", TrainPane),
     StepSpec("evaluate", "Evaluate", None),
 )

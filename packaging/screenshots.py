@@ -4,9 +4,11 @@ Drives the app as a user would (new project, load the bundled model, ask it a qu
 enabled step) and saves window grabs to resources/screenshots/. Runs offscreen unless a display
 is set (e.g. under xvfb-run for a real X window).
 
-    python packaging/screenshots.py [--quantize]
+    python packaging/screenshots.py [--quantize] [--train]
 
 --quantize also shoots the Precision and Calibrate steps (quantizes the model twice: minutes).
+--train also shoots the Fine-tuning method and Train steps: LoRA with the defaults on the bundled
+unit-conversion set, stopped part way, resumed from its checkpoint, finished, then asked (minutes).
 """
 
 from __future__ import annotations
@@ -86,6 +88,46 @@ def precision_and_calibrate(window) -> None:
     shoot(window, "calibrate-runs")
 
 
+TRAIN_STEPS = 120
+QUESTION = "How many metres are in 12 feet?"
+
+
+def method_and_train(window) -> None:
+    """Fine-tuning method: the bundled instruction set, LoRA with its defaults. Train: start, stop
+    part way, resume from the checkpoint, finish, ask the trained model a question of the domain."""
+    settings = window.session.finetune_settings
+    settings.max_steps, settings.eval_every, settings.save_every = TRAIN_STEPS, 20, 20
+    window.show_step("method")
+    pane = window.current_pane()
+    wait_for(pane.data_box.checked, 120)
+    pane.data_box.tabs.setCurrentWidget(pane.data_box.lengths_holder)
+    pane.count_job.run_now()
+    wait_for(pane.count_job.succeeded, 120)
+    shoot(window, "method")
+    window.show_step("train")
+    pane = window.current_pane()
+    pane.settings_box.set_settings(settings)
+    pane.estimate()
+    wait_for(pane.plan_job.succeeded, 120)
+    handle = pane.start()
+    while pane.plots.last("loss") is None or len(pane.plots.series["loss"][0]) < TRAIN_STEPS // 3:
+        settle(1000)
+    pane.stop()
+    wait_for(handle.finished, 300)
+    pane.tabs.setCurrentWidget(pane.runs_view)
+    shoot(window, "train-stopped")
+    pane.runs_view.resume_button.click()
+    wait_for(pane.trained, 3600)
+    pane.tabs.setCurrentWidget(pane.plots_holder)
+    shoot(window, "train")
+    pane.ask_box.prompt.setText(QUESTION)
+    pane.ask_box.ask()
+    wait_for(pane.ask_box.answerFinished, 120)
+    pane.tabs.setCurrentWidget(pane.ask_box)
+    print(f"asked {QUESTION!r}: {pane.ask_box.answer()!r}")
+    shoot(window, "train-ask")
+
+
 def main() -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ["QUANTTUNE_NO_AUTOLOAD"] = "1"
@@ -113,6 +155,8 @@ def main() -> int:
     inspect_worst_tensor(window)
     if "--quantize" in sys.argv:
         precision_and_calibrate(window)
+    if "--train" in sys.argv:
+        method_and_train(window)
     window.session.flush()
     app.quit()
     return 0

@@ -277,10 +277,14 @@ class Shape:
         """Every role this shape can fill (for a column picker); none while unknown."""
         return list(SPECS[self.name].roles) if self.recognised else []
 
+    def mapped(self, mapping: dict[str, str]) -> Shape:
+        """The user's mapping, whole: the roles it fills name the shape."""
+        return self.with_mapping(mapping, name=shape_for_roles(mapping))
+
     def with_mapping(self, mapping: dict[str, str], name: str | None = None) -> Shape:
         """Apply the user's role -> column choice; ``name`` picks the shape (else kept or guessed)."""
         if name is None:
-            name = self.name if self.recognised else _shape_for_roles(mapping)
+            name = self.name if self.recognised else shape_for_roles(mapping)
         if name not in SPECS:
             raise QuantTuneError(
                 f"'{name}' is not a data shape QuantTune knows.",
@@ -292,7 +296,7 @@ class Shape:
         return Shape(name, SPECS[name].task, merged, self.columns)
 
 
-def _shape_for_roles(mapping: dict[str, str]) -> str:
+def shape_for_roles(mapping: dict[str, str]) -> str:
     roles = {role for role, column in mapping.items() if column}
     for name, spec in SPECS.items():
         required = {r for r, role in spec.roles.items() if role.required}

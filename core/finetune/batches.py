@@ -135,3 +135,43 @@ def collate(examples: list[Example], pad_id: int) -> dict:
         labels[i, :n] = torch.tensor(e.labels)
         mask[i, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+PACK_ROW_TOKENS = 512  # a packed row grows to this (or the longest example): attention costs row length²
+
+
+def pack(examples: list[Example], pad_id: int, row_tokens: int = PACK_ROW_TOKENS) -> dict:
+    """The examples end to end in as few rows as fit ``row_tokens``: the same loss as ``collate``'s batch.
+
+    Positions restart at 0 with each example and no attention mask is given: transformers reads
+    the restarts as boundaries and builds a block-diagonal causal mask, so no example attends to
+    another (masking_utils.find_packed_sequence_indices; the model must run without a cache). Rows
+    are balanced (longest example to the shortest row); a shorter row ends in a padding segment of
+    its own, which nothing attends to and nothing learns from. Logits are computed only where the
+    next token is learnt (``logits_to_keep``): the LM head over a large vocabulary is a good share
+    of the work, and prompt positions need none of it. ``targets`` are those next tokens in order;
+    their mean loss is the model's own loss over a padded batch. ``real_tokens``: padding excluded.
+    """
+    import torch
+
+    capacity = max(row_tokens, *(len(e.input_ids) for e in examples))
+    slots: list[list[int]] = [[] for _ in range(-(-sum(len(e.input_ids) for e in examples) // capacity))]
+    for i in sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids)):
+        min(slots, key=lambda slot: sum(len(examples[j].input_ids) for j in slot)).append(i)
+    rows = [[examples[i] for i in sorted(slot)] for slot in slots]  # in their order within a row
+    width = max(sum(len(e.input_ids) for e in row) for row in rows)
+    ids, positions, keep = [], [], []
+    for row in rows:
+        gap = width - sum(len(e.input_ids) for e in row)
+        ids.append([t for e in row for t in e.input_ids] + [pad_id] * gap)
+        positions.append([p for e in row for p in range(len(e.input_ids))] + list(range(gap)))
+        # position t predicts labels[t + 1] of its own example; an example's last position, nothing
+        keep.append([label for e in row for label in [*e.labels[1:], IGNORE]] + [IGNORE] * gap)
+    flat = [label for row in keep for label in row]
+    return {
+        "input_ids": torch.tensor(ids, dtype=torch.long),
+        "position_ids": torch.tensor(positions, dtype=torch.long),
+        "logits_to_keep": torch.tensor(keep) != IGNORE,
+        "targets": torch.tensor([label for label in flat if label != IGNORE], dtype=torch.long),
+        "real_tokens": torch.tensor(sum(len(e.input_ids) for e in examples)),
+    }

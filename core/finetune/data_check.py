@@ -66,7 +66,7 @@ def run(params: DataCheckParams, ctx: JobContext) -> DataCheck:
     table = read_rows(params.dataset)
     shape = detect_shape(table.columns, table.head(20))
     if params.columns:
-        shape = shape.with_mapping(dict(params.columns))
+        shape = shape.mapped(dict(params.columns))
     preview = [_preview_row(row) for row in table.rows(PREVIEW_ROWS)]
     if not shape.recognised:
         return DataCheck(len(table), table.columns, shape, preview, [], 0)

@@ -11,7 +11,8 @@ adapted layer's input. benchmarks/train_memory.py compares it with measured peak
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 OPTIMIZER_BYTES = 8  # AdamW: exp_avg and exp_avg_sq in FP32 per trainable parameter
@@ -29,6 +30,7 @@ class ModelShape:
     vocab: int
     weight_bytes: int = 4  # per parameter as loaded (FP32: 4; a 4-bit base: about 0.5)
     adapter_inputs: int = 0  # per layer, the summed input widths of LoRA-adapted linears
+    vocab_matrices: int = 1  # vocabulary × hidden matrices among the parameters: 2 when the head is untied
 
     @classmethod
     def of(cls, model: Any) -> ModelShape:
@@ -37,8 +39,11 @@ class ModelShape:
         counts, c = trainable(model), model.config
         width = getattr(c, "intermediate_size", 4 * c.hidden_size)
         adapted = sum(m.in_features for n, m in model.named_modules() if n.endswith("lora_A.default"))
+        head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+        untied = head is not None and head.weight is not embeddings.weight
         return cls(counts.total, counts.trainable, c.num_hidden_layers, c.hidden_size, c.num_attention_heads,
-                   width, c.vocab_size, adapter_inputs=adapted // max(1, c.num_hidden_layers))  # fmt: skip
+                   width, c.vocab_size, adapter_inputs=adapted // max(1, c.num_hidden_layers),
+                   vocab_matrices=2 if untied else 1)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -136,3 +141,187 @@ def available_memory(device: str = "cpu") -> int | None:
         return int(free)
     except (RuntimeError, ValueError, AssertionError):
         return None
+
+
+# -- time ---------------------------------------------------------------------------------------
+# Seconds = the run's FLOPs ÷ the rate this machine reaches on this model with these settings. A FLOP
+# count alone needs an efficiency that varies with the machine, the precision and the shapes (LoRA on
+# the default model reaches about 60% of a large matmul's rate in FP32, less in bf16), and timing a
+# real step at full size would cost as much as a step (tens of seconds at batch 16 × 512). So one
+# small real step is timed — the method applied, the run's first examples, packed or padded, with the
+# run's autocast, after a warm-up pass — and its FLOPs give the rate (cached per model and settings).
+# The same FLOP formula then prices every step of the run, which is counted exactly: each step's
+# examples come from the epoch order the run will use. benchmarks/train_speed.py checks it.
+PROBE_TOKENS = 128  # the timed step holds about this many tokens: under a second for the default model
+_SPEEDS: dict[tuple, tuple[Speed, ModelShape, bool]] = {}
+
+
+@dataclass(frozen=True)
+class Speed:
+    flops_per_second: float  # training compute (forward + backward), as the probe reached it
+    step_seconds: float  # per step whatever its size: clipping, the optimizer, zeroing gradients
+
+
+@dataclass(frozen=True)
+class TimeEstimate:
+    train_seconds: float
+    eval_seconds: float  # every evaluation on the validation rows together
+    steps: int
+    tokens_per_second: float  # real (non-padding) tokens per second while training
+    speed: Speed
+    shape: ModelShape  # of the model as it will train (the method applied): for the memory estimate
+    cost_seconds: float  # what making this estimate took (more the first time: the probe)
+
+    @property
+    def seconds(self) -> float:
+        return self.train_seconds + self.eval_seconds
+
+    def to_dict(self) -> dict:
+        return {
+            "seconds": self.seconds,
+            "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds,
+            "steps": self.steps,
+            "tokens_per_second": self.tokens_per_second,
+            "flops_per_second": self.speed.flops_per_second,
+            "cost_seconds": self.cost_seconds,
+        }
+
+
+def step_flops(shape: ModelShape, examples: list, packed: bool, backward: bool = True) -> float:
+    """FLOPs of one step over ``examples`` (core.finetune.batches.Example), padded or packed.
+
+    Forward: 2 per weight per token; backward: 2 more for the input gradients, and 2 per trainable
+    weight per token for its own gradient (so 6·N for full fine-tuning, about 4·N for LoRA). The
+    vocabulary head works on every position of a padded batch, but only where the next token is
+    learnt in a packed one; a classifier has none. Attention's QKᵀ and AV add 4·S²·hidden per
+    layer for each row of S tokens (the masked half is computed too), thrice with its backward.
+    """
+    lengths, learnt = [len(e.input_ids) for e in examples], _learnt(examples)
+    rows = _rows(lengths, packed)
+    tokens = sum(rows)
+    logits = 0 if learnt is None else sum(learnt) if packed else tokens
+    body = shape.parameters - shape.vocab_matrices * shape.vocab * shape.hidden
+    per_weight = 2 + (2 + 2 * shape.trainable / max(1, shape.parameters) if backward else 0)
+    attention = sum(4 * s * s * shape.hidden * shape.layers for s in rows) * (3 if backward else 1)
+    return per_weight * (body * tokens + shape.vocab * shape.hidden * logits) + attention
+
+
+def _rows(lengths: list[int], packed: bool) -> list[int]:
+    """Row widths of the batch, as core.finetune.batches builds it."""
+    if not packed:
+        return [max(lengths)] * len(lengths)
+    from core.finetune.batches import PACK_ROW_TOKENS
+
+    capacity = max(PACK_ROW_TOKENS, *lengths)
+    rows = [0] * -(-sum(lengths) // capacity)
+    for n in sorted(lengths, reverse=True):
+        rows[rows.index(min(rows))] += n
+    return [max(rows)] * len(rows)
+
+
+def time_estimate(params: Any, ctx: Any = None) -> TimeEstimate:
+    """How long training with ``params`` (a core.finetune.train.TrainParams) takes on this machine.
+
+    Reads and encodes the data as the run will; the first time for a model and method it also
+    times one small step on a copy of the model (a second or two for the default model).
+    """
+    import tempfile
+    from pathlib import Path
+
+    from core.finetune import train
+    from core.jobs import JobContext
+
+    started, ctx = time.perf_counter(), ctx or JobContext()
+    key = (id(params.loaded.model), params.method, params.task, params.pack, params.autocast)
+    with tempfile.TemporaryDirectory() as tmp:  # the run writes its split there: not into the output
+        probe_params = replace(params, output=Path(tmp), resume_from=None)
+        if key in _SPEEDS:
+            examples, val = train._load_examples(probe_params, params.loaded.tokenizer)[:2]
+        else:
+            run = train._setup(probe_params, ctx)
+            examples, val = run.train, run.val
+            shape = ModelShape.of(run.model)
+            _SPEEDS[key] = (measure_speed(run, probe_params, shape), shape, run.packed)
+            del run
+    speed, shape, packed = _SPEEDS[key]
+    return _price(params, examples, val, speed, shape, packed, time.perf_counter() - started)
+
+
+def measure_speed(run: Any, params: Any, shape: ModelShape) -> Speed:
+    """Time one small real step of ``run`` (a prepared core.finetune.train run) on its first examples."""
+    import torch
+
+    from core.finetune import train
+
+    first = [run.train[i] for i in train.epoch_order(len(run.train), params.seed, 0)[: params.batch_size]]
+    count, total = 0, 0
+    while count < len(first) and (count == 0 or total + len(first[count].input_ids) <= PROBE_TOKENS):
+        total, count = total + len(first[count].input_ids), count + 1
+    tokenizer = params.loaded.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batch = train._batch(run, replace(params, batch_size=count), pad_id)  # as the run builds step 1
+    trainables = [p for p in run.model.parameters() if p.requires_grad]
+    for _ in range(2):  # the first pass warms up (kernel choice, allocations) and is not counted
+        started = _now(batch)
+        train.batch_loss(run.model, batch, run.autocast).backward()
+        computed = _now(batch)
+        torch.nn.utils.clip_grad_norm_(trainables, params.max_grad_norm or float("inf"))
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        finished = _now(batch)
+    flops = step_flops(shape, first[:count], run.packed)
+    return Speed(flops / max(computed - started, 1e-9), finished - computed)
+
+
+def _now(batch: dict) -> float:
+    """The time once the device has finished what was queued (a GPU works asynchronously)."""
+    import torch
+
+    device = next(iter(batch.values())).device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _learnt(examples: list) -> list[int] | None:
+    """Per example, the positions whose next token is learnt; None for classification rows."""
+    if not all(hasattr(e, "labels") for e in examples):
+        return None
+    return [sum(label != -100 for label in e.labels[1:]) for e in examples]
+
+
+def _price(params: Any, examples: list, val: list, speed: Speed, shape: ModelShape, packed: bool,
+           cost: float) -> TimeEstimate:  # fmt: skip
+    """Every step of the run (its examples in the run's epoch order), then every evaluation."""
+    from core.finetune import train
+
+    size, rate = params.batch_size, speed.flops_per_second
+    per_epoch = -(-len(examples) // size)
+    steps = params.max_steps or per_epoch * params.epochs
+    seconds, tokens, order = 0.0, 0, (-1, [])
+    for step in range(_resumed_at(params), steps):
+        epoch, index = divmod(step, per_epoch)
+        if order[0] != epoch:
+            order = (epoch, train.epoch_order(len(examples), params.seed, epoch))
+        batch = [examples[i] for i in order[1][index * size : (index + 1) * size]]
+        seconds += step_flops(shape, batch, packed) / rate + speed.step_seconds
+        tokens += sum(len(e.input_ids) for e in batch)
+    evaluations = (-(-steps // params.eval_every) if params.eval_every else 1) if val else 0
+    one = sum(step_flops(shape, val[i : i + size], False, backward=False) for i in range(0, len(val), size))
+    return TimeEstimate(
+        seconds, evaluations * one / rate, steps, tokens / max(seconds, 1e-9), speed, shape, cost
+    )
+
+
+def _resumed_at(params: Any) -> int:
+    """The step a resumed run starts from (0 for a new run)."""
+    import json
+    from pathlib import Path
+
+    if params.resume_from is None:
+        return 0
+    try:
+        return int(json.loads((Path(params.resume_from) / "state.json").read_text(encoding="utf-8"))["step"])
+    except (OSError, ValueError, KeyError):
+        return 0

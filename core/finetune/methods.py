@@ -4,9 +4,9 @@ fits, and how it is applied to a model; adding a method touches this table only.
 ``apply(model, settings)`` returns the model ready to train (a peft model for the peft methods; the
 same model with only the chosen parameters trainable otherwise) and never changes which weights
 the caller's other copies hold: peft wraps the model, the freezing methods set ``requires_grad``.
-``trainable(model)`` counts what will be trained. QLoRA and quantization-aware training build on
-LoRA and the Quantize step and arrive with the Train step; bottleneck adapters too (the adapters
-library needs transformers 4).
+``trainable(model)`` counts what will be trained. QLoRA (core/finetune/qlora.py) builds a new 4-bit
+model instead and leaves its input alone; bottleneck adapters (core/finetune/adapters.py) are
+written here, as peft has none and the adapters library needs transformers 4.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ class MethodSettings:
             problems.append("at least one virtual token")
         if self.top_layers < 1:
             problems.append("partial fine-tuning trains at least the top layer")
+        if self.adapter_size < 1:
+            problems.append("a bottleneck adapter is at least 1 unit wide")
         return problems
 
 
@@ -61,6 +63,11 @@ class Method:
     apply: Callable[[Any, MethodSettings], Any] = field(repr=False)
     # what the method reports after each step beside the loss (QAT: the watched layer's S and Z)
     metrics: Callable[[Any], dict[str, float]] | None = field(default=None, repr=False)
+    # whether the result folds into a plain transformers model (TrainParams.save_merged)
+    mergeable: bool = True
+    # apply builds a new model and leaves its input alone (QLoRA): the Train step passes the loaded
+    # model itself instead of a float copy
+    builds_own_model: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,8 +87,10 @@ def trainable(model: Any) -> Trainable:
         if id(p) in seen:
             continue  # tied weights count once
         seen.add(id(p))
-        total += p.numel()
-        train += p.numel() if p.requires_grad else 0
+        # bitsandbytes packs two 4-bit weights per byte (as peft counts them)
+        count = p.numel() * (2 if type(p).__name__ == "Params4bit" else 1)
+        total += count
+        train += count if p.requires_grad else 0
     return Trainable(train, total)
 
 
@@ -94,10 +103,34 @@ def apply(model: Any, settings: MethodSettings) -> Any:
 
 
 # -- the freezing methods -----------------------------------------------------------------------
+def is_sequence_classifier(model: Any) -> bool:
+    """A transformers sequence classifier (text classification), not a language model."""
+    return type(model).__name__.endswith("ForSequenceClassification")
+
+
+def _head_ids(model: Any) -> set[int]:
+    """The new classification head's parameters (none for a language model): it always trains."""
+    if not is_sequence_classifier(model):
+        return set()
+    base = {id(p) for p in model.base_model.parameters()}
+    return {id(p) for p in model.parameters() if id(p) not in base}
+
+
 def _freeze_all_but(model: Any, keep: Callable[[str], bool]) -> Any:
+    head = _head_ids(model)
     for name, param in model.named_parameters():
-        param.requires_grad_(keep(name))
+        param.requires_grad_(keep(name) or id(param) in head)
     return model
+
+
+def _feature(model: Any, _s: MethodSettings) -> Any:
+    if not is_sequence_classifier(model):
+        raise QuantTuneError(
+            "Feature extraction trains a new classification head on the frozen model, so it only works "
+            "for text classification.",
+            "Choose the text-classification task (rows of text and label), or another method.",
+        )
+    return _freeze_all_but(model, lambda _name: False)
 
 
 def _full(model: Any, _s: MethodSettings) -> Any:
@@ -110,7 +143,7 @@ def _partial(model: Any, s: MethodSettings) -> Any:
     blocks = decoder_blocks(model)
     top = {id(p) for block in list(blocks)[-s.top_layers :] for p in block.parameters()}
     head = model.get_output_embeddings()
-    top |= {id(p) for p in head.parameters()} if head is not None else set()
+    top |= {id(p) for p in head.parameters()} if head is not None else _head_ids(model)
     for _name, param in model.named_parameters():
         param.requires_grad_(id(param) in top)
     return model
@@ -128,6 +161,7 @@ def _bitfit(model: Any, _s: MethodSettings) -> Any:
 def _norms(model: Any, _s: MethodSettings) -> Any:
     """Norm-only tuning by freezing: peft's LN tuning warns on RMSNorm, and freezing is the whole method."""
     norms = {id(p) for m in model.modules() if "norm" in type(m).__name__.lower() for p in m.parameters()}
+    norms |= _head_ids(model)
     for _name, param in model.named_parameters():
         param.requires_grad_(id(param) in norms)
     return model
@@ -138,14 +172,17 @@ def _peft(make_config: Callable[[MethodSettings], Any]) -> Callable[[Any, Method
     def apply_peft(model: Any, s: MethodSettings) -> Any:
         import warnings
 
-        from peft import get_peft_model
+        from peft import TaskType, get_peft_model
 
+        config = make_config(s)
+        if is_sequence_classifier(model):  # peft then trains and saves the new head too (modules_to_save)
+            config.task_type = TaskType.SEQ_CLS
         with warnings.catch_warnings():
             # peft 0.21 still calls a transformers 5 name it deprecated; nothing for users to do
             warnings.filterwarnings(
                 "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
             )
-            return get_peft_model(model, make_config(s))
+            return get_peft_model(model, config)
 
     return apply_peft
 
@@ -176,6 +213,23 @@ def _virtual(kind: str) -> Callable[[MethodSettings], Any]:
     return config
 
 
+def _own_module(name: str) -> Callable[[Any, MethodSettings], Any]:
+    """A method written in its own module (qlora, adapters), imported on first use: it imports torch."""
+
+    def apply_from_module(model: Any, s: MethodSettings) -> Any:
+        import importlib
+
+        return importlib.import_module(f"core.finetune.{name}").apply(model, s)
+
+    return apply_from_module
+
+
+def _qat_metrics(model: Any) -> dict[str, float]:
+    from core.finetune import qat  # imports torch: on first use
+
+    return qat.metrics(model)
+
+
 METHODS: dict[str, Method] = {
     m.key: m
     for m in (
@@ -183,19 +237,38 @@ METHODS: dict[str, Method] = {
                "you have the memory for weights, gradients and optimizer state, and much data", _full),
         Method("partial", "Partial fine-tuning", "Only the top N decoder blocks and the head are trained.",
                "the task is close to what the model knows; less memory than full", _partial),
+        Method("feature", "Feature extraction", "The whole model is frozen and used as a feature extractor; "
+               "only a new classification head on its last token is trained.",
+               "text classification with little data or time: the fastest and smallest to train", _feature),
         Method("lora", "LoRA", "Small low-rank matrices A·B are added to the chosen layers and trained; the "
                "weights stay frozen.", "the default: little memory, quality near full fine-tuning",
                _peft(_lora_config)),
         Method("dora", "DoRA", "LoRA with each weight's magnitude and direction trained apart.",
                "LoRA at low ranks falls short of full fine-tuning", _peft(lambda s: _lora_config(s, True))),
+        Method("qlora", "QLoRA", "LoRA on a copy of the model whose weights are stored in 4 bits (NF4, "
+               "bitsandbytes); the adapters train in full precision.",
+               "memory is short: the frozen weights take about a quarter of their float32 size",
+               _own_module("qlora"), builds_own_model=True),
+        Method("qat", "Quantization-aware training (QAT)", "The weights train as they will be stored: "
+               "each forward pass rounds them to the integer grid (straight-through gradients), with scales "
+               "and zero points followed by moving averages or learned (LSQ); LoRA or every weight trains. "
+               "At the end the model is quantized for real with the learned scales and compared with plain "
+               "quantization.",
+               "the model will run quantized at few bits (INT4) and plain quantization loses too much",
+               _own_module("qat"), metrics=_qat_metrics, mergeable=False),
         Method("ia3", "IA3", "Learned vectors rescale the keys, values and feed-forward activations.",
                "very few trainable parameters are wanted", _peft(_ia3_config)),
         Method("prefix", "Prefix tuning", "Trained key/value vectors are prepended in every layer.",
-               "generation tasks with a frozen model", _peft(_virtual("prefix"))),
+               "generation tasks with a frozen model", _peft(_virtual("prefix")), mergeable=False),
         Method("prompt", "Prompt tuning", "Trained embeddings (a soft prompt) are prepended to the input.",
-               "the fewest parameters; works best on larger models", _peft(_virtual("prompt"))),
+               "the fewest parameters; works best on larger models", _peft(_virtual("prompt")),
+               mergeable=False),
         Method("ptuning", "P-tuning", "A small network produces the soft prompt.",
-               "prompt tuning is unstable", _peft(_virtual("ptuning"))),
+               "prompt tuning is unstable", _peft(_virtual("ptuning")), mergeable=False),
+        Method("adapters", "Bottleneck adapters", "A small two-layer network (down to a few units and back "
+               "up) is inserted after the feed-forward part of every block and trained; the rest is frozen.",
+               "several tasks share one model: each keeps only its small adapters", _own_module("adapters"),
+               mergeable=False),
         Method("bitfit", "BitFit", "Only the bias terms are trained.",
                "a model with biases and a quick, tiny adaptation", _bitfit),
         Method("ln", "Norm-only (LN tuning)", "Only the normalisation layers' weights are trained.",

@@ -11,8 +11,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from core.errors import QuantTuneError
 from core.finetune import methods
 from core.finetune.estimate import Estimate, ModelShape, available_memory, estimate
 from core.jobs import JobContext
@@ -25,6 +27,9 @@ class PlanParams:
     batch_size: int = 4
     max_length: int = 512
     checkpointing: bool = False
+    task: str = "instruction"
+    dataset: Path | None = None  # classification: the classes are read from it (the head counts too)
+    columns: tuple[tuple[str, str], ...] = ()
 
     def validate(self) -> list[str]:
         problems = list(self.method.validate())
@@ -42,12 +47,30 @@ class Plan:
     device: str
 
 
+def _labels(params: PlanParams) -> list[str]:
+    from core.data.formats import detect_shape, read_rows
+    from core.finetune.classify import label_names
+
+    if params.dataset is None:
+        raise QuantTuneError("A classifier's size depends on its labels.", "Choose the dataset first.")
+    table = read_rows(params.dataset)
+    shape = detect_shape(table.columns, table.head(20))
+    return label_names(table, shape.mapped(dict(params.columns)) if params.columns else shape)
+
+
 def run(params: PlanParams, ctx: JobContext) -> Plan:
     ctx.stage("Applying the method to a copy of the model")
     qlora = params.method.method == "qlora"
     # QLoRA trains what LoRA trains; counted on the float copy, without quantizing it here
     method = dataclasses.replace(params.method, method="lora") if qlora else params.method
-    model = methods.apply(copy.deepcopy(params.loaded.model), method)
+    if params.task == "classification":
+        from core.finetune import classify
+
+        pad_id = classify.pad_id_of(params.loaded.tokenizer)
+        model = classify.build_classifier(params.loaded.model, _labels(params), pad_id)
+    else:
+        model = copy.deepcopy(params.loaded.model)
+    model = methods.apply(model, method)
     counts = methods.trainable(model)
     shape = ModelShape.of(model)
     if qlora:  # NF4 base: about half a byte per weight, plus the scales

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -50,6 +50,14 @@ def core_task(task: str) -> str:
     return "instruction" if task in ("qa", "summarization") else task
 
 
+def settings_of(record: dict[str, Any]) -> Any:
+    """The FinetuneSettings a recorded run was started with (to resume it as it was)."""
+    from core.project import FinetuneSettings
+
+    known = {f.name for f in fields(FinetuneSettings)}
+    return FinetuneSettings(**{k: v for k, v in record.get("settings", {}).items() if k in known})
+
+
 def method_settings(data: dict[str, Any]) -> methods.MethodSettings:
     known = {f.name for f in fields(methods.MethodSettings)}
     values = {k: v for k, v in data.items() if k in known}
@@ -71,6 +79,15 @@ def train_params(settings: Any, loaded: Any, output: Path, resume_from: Path | N
         max_steps=s.max_steps, warmup_steps=s.warmup_steps, eval_every=s.eval_every,
         save_every=s.save_every, early_stopping_patience=s.early_stopping_patience, resume_from=resume_from,
     )  # fmt: skip
+
+
+def plan_params(settings: Any, loaded: Any) -> Any:
+    """core.finetune.plan.PlanParams for a project's FinetuneSettings."""
+    from core.finetune.plan import PlanParams
+
+    s = settings
+    return PlanParams(loaded, method_settings(s.method), s.batch_size, s.max_length, task=core_task(s.task),
+                      dataset=dataset_path(s), columns=tuple(sorted(s.columns.items())))  # fmt: skip
 
 
 def label(settings: dict[str, Any]) -> str:
@@ -146,6 +163,10 @@ def load_trained(loaded: Any, folder: Path) -> Any:
             f"{folder} holds no readable trained model ({exc}).",
             "Its run did not finish: resume it from a checkpoint, or train again.",
         ) from exc
+    from core.finetune import classify
+
+    if (folder / classify.LABELS).is_file():
+        return classify.load_classifier(loaded, folder)
     base = copy.deepcopy(loaded.model)
     if (folder / "adapter_config.json").is_file():
         from peft import PeftModel
@@ -161,3 +182,19 @@ def load_trained(loaded: Any, folder: Path) -> Any:
         for name, tensor in load_file(str(folder / WEIGHTS)).items():
             params[name].copy_(tensor)
     return model.eval()
+
+
+@dataclass(frozen=True)
+class LoadTrainedParams:
+    loaded: Any  # the base model the run trained
+    folder: Path  # the run's final/
+
+    def validate(self) -> list[str]:
+        if not (Path(self.folder) / "method.json").is_file():
+            return [f"{self.folder} holds no finished model (resume the run, or train again)"]
+        return []
+
+
+def run_load_trained(params: LoadTrainedParams, ctx: Any) -> Any:
+    ctx.stage("Loading the trained model")
+    return load_trained(params.loaded, params.folder)

@@ -2,7 +2,8 @@
 
 setup (copy the model, apply the method, encode and split the data) → loop (AdamW over the
 trainable parameters, linear warmup then linear decay, clipping, evaluation, checkpoints, early
-stopping) → save (the adapter or the trained tensors in ``output/final``).
+stopping) → save (the adapter or the trained tensors in ``output/final``; with ``save_merged`` also
+the merged model in ``output/final/merged``, loadable with transformers alone).
 
 A hand-written loop rather than transformers' Trainer: resuming must reproduce a straight run
 bit for bit (data order, RNG, optimizer), checkpoints must hold only the trainable tensors in
@@ -18,7 +19,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, astuple, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +27,8 @@ from core.atomic import staged_dir, write_json
 from core.data.formats import Shape, Table, detect_shape, read_rows, validate_rows
 from core.data.splits import Split, split_rows
 from core.errors import Cancelled, QuantTuneError
-from core.finetune import methods
-from core.finetune.batches import Example, collate, encode_table
+from core.finetune import classify, methods
+from core.finetune.batches import Example, collate, encode_table, pack
 from core.finetune.checkpoints import (
     STATE,
     WEIGHTS,
@@ -42,8 +43,10 @@ from core.jobs import JobContext
 if TYPE_CHECKING:
     pass
 
-TASKS = ("instruction", "causal_lm")
+TASKS = ("instruction", "causal_lm", "classification")
 SPLIT = "split.json"  # which rows of the file went to train, validation and test
+MERGED = "merged"  # in final/: the model with the adapter folded in (TrainParams.save_merged)
+AUTOCAST = ("off", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,10 @@ class TrainParams:
     save_every: int = 0  # 0: checkpoint only at the end
     early_stopping_patience: int = 0  # evaluations without a better validation loss; 0: off
     resume_from: Path | None = None
+    save_merged: bool = False  # also final/merged: the model with the adapter folded in (transformers alone)
+    pack: bool = False  # each step's examples end to end in one row: no padding (see batches.pack)
+    autocast: str = "off"  # "off", "bf16", or "auto": bf16 where the hardware multiplies it natively
+    labels: tuple[str, ...] = ()  # classification: the classes; () = every label in the file
 
     def validate(self) -> list[str]:
         problems = list(self.method.validate())
@@ -78,8 +85,16 @@ class TrainParams:
             problems.append(f"there is no dataset file at {self.dataset}")
         if self.task not in TASKS:
             problems.append(f"unknown task {self.task!r} (choose {', '.join(TASKS)})")
+        if self.method.method == "feature" and self.task != "classification":
+            problems.append("feature extraction trains a classification head: choose the classification task")
+        if self.labels and len(set(self.labels)) < 2:
+            problems.append("a classifier needs at least two labels")
+        if self.save_merged and (why := merge_problem(self.method)):
+            problems.append(why + ": save the adapter alone (turn off saving a merged model)")
         if self.max_length < 8:
             problems.append("the maximum length is at least 8 tokens")
+        if self.autocast not in AUTOCAST:
+            problems.append(f"unknown autocast {self.autocast!r} (choose {', '.join(AUTOCAST)})")
         if not (0.0 <= self.validation_ratio < 1.0 and 0.0 <= self.test_ratio < 1.0):
             problems.append("the validation and test shares lie in [0, 1)")
         elif self.validation_ratio + self.test_ratio >= 0.9:
@@ -142,17 +157,21 @@ def _finite_or_none(value: float | None) -> float | None:
 
 
 # -- setup ----------------------------------------------------------------------------------------
-def _load_examples(params: TrainParams, tokenizer: Any) -> tuple[list[Example], list[Example], int]:
+def _load_examples(
+    params: TrainParams, tokenizer: Any
+) -> tuple[list[Example], list[Example], int, list[str]]:
+    """Training and validation examples, rows cut to the maximum length, and the class labels (or [])."""
     table = read_rows(params.dataset)
     shape = detect_shape(table.columns, table.head(20))
     if params.columns:
-        shape = shape.with_mapping(dict(params.columns))
+        shape = shape.mapped(dict(params.columns))
     if not shape.recognised:
         raise QuantTuneError(
             f"QuantTune does not recognise the columns of {Path(params.dataset).name}.",
             "Map the columns to roles (e.g. instruction and output, or text).",
         )
-    problems = [p for p in validate_rows(table, shape) if p.row is not None]
+    known = (params.labels or None) if params.task == "classification" else None
+    problems = [p for p in validate_rows(table, shape, labels=known) if p.row is not None]
     bad = {p.row - 1 for p in problems}  # the problems count rows from 1
     if bad and not params.drop_bad_rows:
         raise QuantTuneError(
@@ -161,8 +180,14 @@ def _load_examples(params: TrainParams, tokenizer: Any) -> tuple[list[Example], 
         )
     split = data_split(params, table, shape, bad)
     write_json(Path(params.output) / SPLIT, {"dataset": str(params.dataset), **split.to_dict()})
-    encoded = [encode_table(table.subset(rows), shape, tokenizer, params.task, params.max_length)
-               for rows in (split.train, split.validation)]  # fmt: skip
+    labels = []
+    if params.task == "classification":
+        labels = sorted(set(params.labels)) or classify.label_names(table, shape, bad)
+        encoded = [classify.encode_table(table.subset(rows), shape, tokenizer, labels, params.max_length)
+                   for rows in (split.train, split.validation)]  # fmt: skip
+    else:
+        encoded = [encode_table(table.subset(rows), shape, tokenizer, params.task, params.max_length)
+                   for rows in (split.train, split.validation)]  # fmt: skip
     train, val = encoded[0].examples, encoded[1].examples
     if not train:
         dropped = encoded[0].dropped
@@ -171,7 +196,7 @@ def _load_examples(params: TrainParams, tokenizer: Any) -> tuple[list[Example], 
             f"No rows are left to train on{cut}.",
             "Raise the maximum length, add rows, or lower the validation and test shares.",
         )
-    return train, val, encoded[0].truncated + encoded[1].truncated
+    return train, val, encoded[0].truncated + encoded[1].truncated, labels
 
 
 def data_split(params: TrainParams, table: Table, shape: Shape, bad: set[int]) -> Split:
@@ -220,6 +245,8 @@ class _Run:
     fingerprint: str = ""  # of the training examples: a resume must see the same data
     saved_at: int = -1  # the step of the last checkpoint this run wrote
     log: MetricsLog | None = None
+    packed: bool = False  # TrainParams.pack, where the method and task allow it
+    autocast: Any = None  # the torch dtype forward passes autocast to; None: full precision
 
     def state(self, seed: int) -> dict:
         epoch = self.step // self.per_epoch
@@ -234,9 +261,15 @@ def _setup(params: TrainParams, ctx: JobContext) -> _Run:
 
     ctx.stage("Preparing the data")
     tokenizer = params.loaded.tokenizer
-    train, val, truncated = _load_examples(params, tokenizer)
+    train, val, truncated, labels = _load_examples(params, tokenizer)
     ctx.stage("Preparing the model")
-    model = methods.apply(copy.deepcopy(params.loaded.model), params.method)
+    if labels:  # classification: a new head on a copy of the base
+        pad_id = classify.pad_id_of(tokenizer)
+        base = classify.build_classifier(params.loaded.model, labels, pad_id, params.seed)
+    else:  # QLoRA quantizes the loaded model into a new one: a float copy would only take memory
+        own = methods.METHODS[params.method.method].builds_own_model
+        base = params.loaded.model if own else copy.deepcopy(params.loaded.model)
+    model = methods.apply(base, params.method)
     model.train()
     trainables = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainables, lr=params.learning_rate, weight_decay=0.0)
@@ -245,9 +278,43 @@ def _setup(params: TrainParams, ctx: JobContext) -> _Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(params.warmup_steps, total))
     run = _Run(model, optimizer, scheduler, train, val, total, per_epoch, truncated=truncated,
                fingerprint=data_fingerprint(train))  # fmt: skip
+    run.packed, run.autocast = can_pack(params, model), autocast_dtype(params.autocast, model)
     if params.resume_from is not None:
         _resume(run, params)
     return run
+
+
+def can_pack(params: TrainParams, model: Any) -> bool:
+    """Packing needs one causal LM reading real tokens only: no classifier, no virtual tokens."""
+    config = getattr(model, "active_peft_config", None)  # prefix, prompt and P-tuning add tokens
+    return (
+        params.pack
+        and params.task in ("instruction", "causal_lm")
+        and not getattr(config, "is_prompt_learning", False)
+    )
+
+
+def autocast_dtype(setting: str, model: Any) -> Any:
+    """bf16 when asked for, or with "auto" where the hardware multiplies bf16 natively; else None."""
+    import torch
+
+    device = next(model.parameters()).device
+    if setting == "bf16" or (setting == "auto" and bf16_native(device)):
+        return torch.bfloat16
+    return None
+
+
+def bf16_native(device: Any) -> bool:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":  # private probes, present since torch 2.1; without them: no autocast
+        probes = [
+            getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        ]
+        return any(probe is not None and probe() for probe in probes)
+    return False
 
 
 def _resume(run: _Run, params: TrainParams) -> None:
@@ -273,7 +340,7 @@ def _resume(run: _Run, params: TrainParams) -> None:
 def data_fingerprint(examples: list[Example]) -> str:
     digest = hashlib.sha256()
     for e in examples:
-        digest.update(json.dumps([e.input_ids, e.labels]).encode())
+        digest.update(json.dumps(astuple(e)).encode())  # ids and labels, or ids and class
     return digest.hexdigest()[:16]
 
 
@@ -282,7 +349,11 @@ def _batch(run: _Run, params: TrainParams, pad_id: int) -> dict:
     epoch, index = divmod(run.step, run.per_epoch)
     order = epoch_order(len(run.train), params.seed, epoch)
     rows = order[index * params.batch_size : (index + 1) * params.batch_size]
-    return _on_device(collate([run.train[i] for i in rows], pad_id), run.model)
+    examples = [run.train[i] for i in rows]
+    if run.packed:
+        return _on_device(pack(examples, pad_id), run.model)
+    pad = classify.collate if params.task == "classification" else collate
+    return _on_device(pad(examples, pad_id), run.model)
 
 
 def _on_device(batch: dict, model: Any) -> dict:
@@ -290,11 +361,28 @@ def _on_device(batch: dict, model: Any) -> dict:
     return {name: tensor.to(device) for name, tensor in batch.items()}
 
 
+def batch_loss(model: Any, batch: dict, autocast: Any = None) -> Any:
+    """The mean loss per learnt token; a packed batch brings its own targets (see batches.pack)."""
+    import contextlib
+
+    import torch
+
+    device = next(model.parameters()).device.type
+    precision = torch.autocast(device, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+    with precision:
+        if "targets" not in batch:
+            return model(**batch).loss
+        # no cache: with one, transformers takes the restarting positions for decoding, not packing
+        inputs = {k: v for k, v in batch.items() if k not in ("targets", "real_tokens")}
+        logits = model(**inputs, use_cache=False).logits
+        return torch.nn.functional.cross_entropy(logits.float(), batch["targets"])
+
+
 def _train_step(run: _Run, params: TrainParams, batch: dict) -> tuple[float, float, float]:
     import torch
 
     step = run.step + 1
-    loss = run.model(**batch).loss
+    loss = batch_loss(run.model, batch, run.autocast)
     if not torch.isfinite(loss):
         raise _diverged(step, f"the loss became {loss.item()}", params)
     loss.backward()
@@ -348,8 +436,12 @@ def _evaluate_and_stop(run: _Run, params: TrainParams, ctx: JobContext, pad_id: 
     due = (params.eval_every and run.step % params.eval_every == 0) or run.step == run.total_steps
     if not run.val or not due:
         return False
-    val_loss = evaluate(run.model, run.val, params.batch_size, pad_id, ctx)
-    _report(run, ctx, {"val_loss": val_loss})
+    if params.task == "classification":
+        val_loss, accuracy = classify.evaluate(run.model, run.val, params.batch_size, ctx)
+        _report(run, ctx, {"val_loss": val_loss, "val_accuracy": accuracy})
+    else:
+        val_loss = evaluate(run.model, run.val, params.batch_size, pad_id, ctx)
+        _report(run, ctx, {"val_loss": val_loss})
     if run.best_val is None or val_loss < run.best_val:
         run.best_val, run.bad_evals = val_loss, 0
         return False
@@ -391,7 +483,8 @@ def _one_step(run: _Run, params: TrainParams, ctx: JobContext, pad_id: int) -> N
     started = time.perf_counter()
     loss, grad_norm, lr = _train_step(run, params, batch)
     elapsed = time.perf_counter() - started
-    tokens = int(batch["attention_mask"].sum())  # real tokens: padding is not work done
+    # real tokens: padding is not work done (a packed batch counts its own: it has no mask)
+    tokens = int(batch["real_tokens"] if "real_tokens" in batch else batch["attention_mask"].sum())
     run.step, run.tokens, run.seconds = run.step + 1, run.tokens + tokens, run.seconds + elapsed
     run.losses.append(loss)
     values = {"loss": loss, "learning_rate": lr, "grad_norm": grad_norm,
@@ -401,10 +494,16 @@ def _one_step(run: _Run, params: TrainParams, ctx: JobContext, pad_id: int) -> N
 
 
 # -- save and run ---------------------------------------------------------------------------------
-def save_final(model: Any, settings: methods.MethodSettings, folder: Path) -> Path:
-    """The adapter (peft methods) or the trained tensors (freezing methods), with the method settings."""
+def save_final(
+    model: Any, settings: methods.MethodSettings, folder: Path, *, merged: bool = False, tokenizer: Any = None
+) -> Path:
+    """The adapter (peft methods) or the trained tensors (freezing methods), with the method settings;
+    with ``merged`` also ``merged/``: the whole model, adapter folded in, as a plain transformers folder
+    (weights, config, and ``tokenizer`` when given)."""
     from safetensors.torch import save_file
 
+    if merged and (why := merge_problem(settings)):
+        raise QuantTuneError(why + ".", "Save the adapter alone: turn off saving a merged model.")
     with staged_dir(folder) as tmp:
         from peft import PeftModel
 
@@ -413,7 +512,35 @@ def save_final(model: Any, settings: methods.MethodSettings, folder: Path) -> Pa
         else:
             save_file(trainable_tensors(model), str(tmp / WEIGHTS))
         write_json(tmp / "method.json", asdict(settings))
+        if classify.is_classifier(model):
+            classify.save_labels(tmp, model)  # with the head's tensors: all a reload needs
+        if merged:
+            save_merged(model, tokenizer, tmp / MERGED)
     return folder
+
+
+def merge_problem(settings: methods.MethodSettings) -> str | None:
+    method = methods.METHODS.get(settings.method)
+    if method is None or method.mergeable:
+        return None
+    return (f"{method.title} cannot be merged into the model's weights: it adds virtual tokens or layers "
+            "that a plain transformers model does not have")  # fmt: skip
+
+
+def save_merged(model: Any, tokenizer: Any, folder: Path) -> None:
+    """``model`` with its adapter folded into the weights (peft's merge, on a copy: the trained model
+    stays as it is), or the whole trained model (freezing methods), saved for transformers alone."""
+    from peft import PeftModel
+
+    from core.finetune import qlora
+
+    if isinstance(model, PeftModel) and qlora.is_quantized(model):
+        model = qlora.merged_float_model(model)  # into the decoded 4-bit weights, kept in float32
+    elif isinstance(model, PeftModel):
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
 
 
 def run(params: TrainParams, ctx: JobContext) -> TrainReport:
@@ -427,7 +554,12 @@ def run(params: TrainParams, ctx: JobContext) -> TrainReport:
     ctx.stage("Saving")
     if run_state.saved_at != run_state.step:
         _checkpoint(run_state, params)
-    save_final(run_state.model, params.method, Path(params.output) / "final")
+    save_final(run_state.model, params.method, Path(params.output) / "final", merged=params.save_merged,
+               tokenizer=params.loaded.tokenizer)  # fmt: skip
+    if params.method.method == "qat":  # the real integer model with the learned S and Z, against PTQ
+        from core.finetune import qat
+
+        qat.finish(run_state.model, params, ctx)
     counts = methods.trainable(run_state.model)
     return TrainReport(
         steps=run_state.step,

@@ -27,3 +27,13 @@ def test_full_fine_tuning_trains_everything_and_costs_more(tiny_loaded):
 def test_bitfit_on_a_model_without_biases_says_to_choose_norm_only(tiny_loaded):
     with pytest.raises(QuantTuneError, match="no bias"):
         plan.run(plan.PlanParams(tiny_loaded, MethodSettings(method="bitfit")), JobContext())
+
+
+def test_feature_extraction_counts_the_new_head_of_the_files_labels(tiny_loaded, tmp_path):
+    rows = ["text,label"] + [f"message {i},{('a', 'b', 'c')[i % 3]}" for i in range(30)]
+    data = tmp_path / "labels.csv"
+    data.write_text("\n".join(rows), encoding="utf-8")
+    feature = MethodSettings(method="feature")
+    params = plan.PlanParams(tiny_loaded, feature, task="classification", dataset=data)
+    result = plan.run(params, JobContext())
+    assert result.trainable.trainable == tiny_loaded.model.config.hidden_size * 3
