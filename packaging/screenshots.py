@@ -102,13 +102,15 @@ def method_and_train(window) -> None:
     wait_for(pane.data_box.checked, 120)
     pane.data_box.tabs.setCurrentWidget(pane.data_box.lengths_holder)
     pane.count_job.run_now()
-    wait_for(pane.count_job.succeeded, 120)
+    while pane.count_job.busy:
+        settle(500)
     shoot(window, "method")
     window.show_step("train")
     pane = window.current_pane()
     pane.settings_box.set_settings(settings)
     pane.estimate()
-    wait_for(pane.plan_job.succeeded, 120)
+    while pane.plan_job.busy:
+        settle(500)
     handle = pane.start()
     while pane.plots.last("loss") is None or len(pane.plots.series["loss"][0]) < TRAIN_STEPS // 3:
         settle(1000)

@@ -81,12 +81,10 @@ class Trainable:
 
 
 def trainable(model: Any) -> Trainable:
-    params = list(model.parameters())
-    seen, total, train = set(), 0, 0
-    for p in params:
-        if id(p) in seen:
-            continue  # tied weights count once
-        seen.add(id(p))
+    total, train = 0, 0
+    for name, p in model.named_parameters():  # tied weights are listed once
+        if ".observed_" in name:
+            continue  # QAT's moving averages: kept as parameters to be checkpointed, never trained
         # bitsandbytes packs two 4-bit weights per byte (as peft counts them)
         count = p.numel() * (2 if type(p).__name__ == "Params4bit" else 1)
         total += count

@@ -26,7 +26,7 @@ from core.quant.runs import plain_settings, relative_path, run_path
 
 RUNS_DIR = "train"
 SUMMARY_KEYS = ("steps", "final_train_loss", "best_validation_loss", "seconds", "tokens_per_second",
-                "trainable_parameters", "total_parameters", "stopped_early")  # fmt: skip
+                "trainable_parameters", "total_parameters", "stopped_early", "qat")  # fmt: skip
 BUNDLED = {  # file -> (title, task)
     "instructions-units.jsonl": ("Unit conversions (instructions, 326 rows)", "instruction"),
     "classification-support.csv": ("Support messages (classification, 340 rows, 5 labels)", "classification"),
@@ -78,6 +78,7 @@ def train_params(settings: Any, loaded: Any, output: Path, resume_from: Path | N
         seed=s.seed, batch_size=s.batch_size, learning_rate=s.learning_rate, epochs=s.epochs,
         max_steps=s.max_steps, warmup_steps=s.warmup_steps, eval_every=s.eval_every,
         save_every=s.save_every, early_stopping_patience=s.early_stopping_patience, resume_from=resume_from,
+        save_merged=s.save_merged,
     )  # fmt: skip
 
 

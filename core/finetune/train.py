@@ -140,6 +140,7 @@ class TrainReport:
     output: Path
     truncated_rows: int = 0
     stopped_early: bool = False
+    qat: dict | None = None  # QAT: perplexity of the exported model, plain RTN and the base (qat.finish)
     model: Any = field(default=None, repr=False, compare=False)  # the trained model, in memory
 
     def to_dict(self) -> dict:
@@ -269,6 +270,7 @@ def _setup(params: TrainParams, ctx: JobContext) -> _Run:
     else:  # QLoRA quantizes the loaded model into a new one: a float copy would only take memory
         own = methods.METHODS[params.method.method].builds_own_model
         base = params.loaded.model if own else copy.deepcopy(params.loaded.model)
+    torch.manual_seed(params.seed)  # the new weights (LoRA's A, a head) start the same in every run
     model = methods.apply(base, params.method)
     model.train()
     trainables = [p for p in model.parameters() if p.requires_grad]
@@ -523,6 +525,9 @@ def merge_problem(settings: methods.MethodSettings) -> str | None:
     method = methods.METHODS.get(settings.method)
     if method is None or method.mergeable:
         return None
+    if settings.method == "qat":
+        return ("quantization-aware training saves the model as integers with its learned scales "
+                "(output/quantized), not as a merged float model")  # fmt: skip
     return (f"{method.title} cannot be merged into the model's weights: it adds virtual tokens or layers "
             "that a plain transformers model does not have")  # fmt: skip
 
@@ -556,10 +561,11 @@ def run(params: TrainParams, ctx: JobContext) -> TrainReport:
         _checkpoint(run_state, params)
     save_final(run_state.model, params.method, Path(params.output) / "final", merged=params.save_merged,
                tokenizer=params.loaded.tokenizer)  # fmt: skip
+    qat_result = None
     if params.method.method == "qat":  # the real integer model with the learned S and Z, against PTQ
         from core.finetune import qat
 
-        qat.finish(run_state.model, params, ctx)
+        qat_result = qat.finish(run_state.model, params, ctx).to_dict()
     counts = methods.trainable(run_state.model)
     return TrainReport(
         steps=run_state.step,
@@ -572,6 +578,7 @@ def run(params: TrainParams, ctx: JobContext) -> TrainReport:
         tokens_per_second=run_state.tokens / max(run_state.seconds, 1e-9),
         checkpoints=[Checkpoint(*c) for c in list_checkpoints(params.output)],
         output=Path(params.output),
+        qat=qat_result,
         truncated_rows=run_state.truncated,
         stopped_early=stopped_early,
         model=run_state.model,

@@ -78,6 +78,16 @@ def estimate_html(plan: Any) -> str:
     return text + free + f": <b style='color:#c0392b'>does not fit</b>. Try {advice}."
 
 
+def qat_text(qat: dict | None) -> str:
+    if not qat:
+        return ""
+    return (
+        f"<br><b>{qat['scheme']}</b> with the learned scales: perplexity <b>{qat['qat']:.2f}</b>, "
+        f"against {qat['ptq']:.2f} for plain quantization (RTN) of the base and {qat['base']:.2f} "
+        "unquantized. The integer model is saved in the run's quantized/ folder and loads like any model."
+    )
+
+
 class TrainPane(QWidget):
     """Signals: ``statusChanged(state, text)``; ``stepRequested(key)``; ``trained(object)`` with
     the core.finetune.train.TrainReport of each run that finished."""
@@ -381,7 +391,7 @@ class TrainPane(QWidget):
         early = " (stopped early: the validation loss stopped improving)" if report.stopped_early else ""
         self.status_label.setText(
             f"Finished after {report.steps} steps{early}, training loss {report.final_train_loss:.4g}. "
-            f"Saved in {report.output / 'final'}. Ask it a question below."
+            f"Saved in {report.output / 'final'}. Try it below." + qat_text(report.qat)
         )
         loaded = self.session.model
         if loaded is not None and self._run_project is self.session.project:

@@ -121,3 +121,21 @@ def test_feature_extraction_trains_a_classifier_that_answers_with_labels(
         pane.classify_box.classify()
     labels = [label for label, _p in answer.args[0]]
     assert sorted(labels) == ["billing", "bug"] and "%" in pane.classify_box.result.text()
+
+
+def test_quantization_aware_training_plots_s_and_z_and_compares_with_plain_quantization(
+    qtbot, pane, tiny_model_dir, tmp_path
+):
+    session = pane.session
+    session.new_project("qat")
+    load(qtbot, session, tiny_model_dir)
+    configure(session, write_alpaca(tmp_path / "rows.jsonl", 60), max_steps=4)
+    session.finetune_settings.method = {"method": "qat", "rank": 4, "qat_bits": 4, "qat_group_size": 32}
+    with qtbot.waitSignal(pane.trained, timeout=JOB_TIMEOUT_MS) as done:
+        assert pane.start() is not None
+    qtbot.waitUntil(lambda: not pane.busy, timeout=JOB_TIMEOUT_MS)
+    report = done.args[0]
+    assert set(report.qat) >= {"qat", "ptq", "base", "scheme"}
+    assert "with the learned scales" in pane.status_label.text()
+    assert len(pane.plots.series["qat_scale"][0]) == 4 and not pane.plots.plots["qat_scale"].isHidden()
+    assert (report.output / "quantized").is_dir()
