@@ -75,6 +75,7 @@ class TrainParams:
     save_merged: bool = False  # also final/merged: the model with the adapter folded in (transformers alone)
     pack: bool = False  # each step's examples end to end in one row: no padding (see batches.pack)
     autocast: str = "off"  # "off", "bf16", or "auto": bf16 where the hardware multiplies it natively
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower
     labels: tuple[str, ...] = ()  # classification: the classes; () = every label in the file
 
     def validate(self) -> list[str]:
@@ -273,6 +274,10 @@ def _setup(params: TrainParams, ctx: JobContext) -> _Run:
     torch.manual_seed(params.seed)  # the new weights (LoRA's A, a head) start the same in every run
     model = methods.apply(base, params.method)
     model.train()
+    if params.gradient_checkpointing:
+        # non-reentrant: correct with frozen inputs (LoRA, prompts) without forcing input gradients
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft's wrapper
+        inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     trainables = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainables, lr=params.learning_rate, weight_decay=0.0)
     per_epoch = math.ceil(len(train) / params.batch_size)

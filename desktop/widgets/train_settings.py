@@ -50,15 +50,23 @@ class TrainSettingsBox(QGroupBox):
             "(not possible for prefix, prompt and P-tuning)"
         )
         self.save_merged.toggled.connect(self._on_edited)
-        grid.addWidget(self.save_merged, 4, 0, 1, 4)
+        grid.addWidget(self.save_merged, 4, 0, 1, 2)
+        self.checkpointing = QCheckBox("Gradient checkpointing (less memory, about a third slower)")
+        self.checkpointing.setToolTip(
+            "Keep only each block's input during the forward pass and recompute the rest in the backward "
+            "pass: activations take a fraction of the memory"
+        )
+        self.checkpointing.toggled.connect(self._on_edited)
+        grid.addWidget(self.checkpointing, 4, 2, 1, 2)
 
     def set_settings(self, settings: Any) -> None:
         self.settings = settings
-        widgets = [self.learning_rate, self.save_merged, *self.editors.values()]
+        widgets = [self.learning_rate, self.save_merged, self.checkpointing, *self.editors.values()]
         for widget in widgets:
             widget.blockSignals(True)
         self.learning_rate.setValue(settings.learning_rate)
         self.save_merged.setChecked(settings.save_merged)
+        self.checkpointing.setChecked(settings.gradient_checkpointing)
         for name, editor in self.editors.items():
             editor.setValue(getattr(settings, name))
         for widget in widgets:
@@ -70,6 +78,7 @@ class TrainSettingsBox(QGroupBox):
             return
         self.settings.learning_rate = self.learning_rate.value()
         self.settings.save_merged = self.save_merged.isChecked()
+        self.settings.gradient_checkpointing = self.checkpointing.isChecked()
         for name, editor in self.editors.items():
             setattr(self.settings, name, editor.value())
         self.changed.emit()

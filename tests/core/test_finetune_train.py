@@ -235,3 +235,13 @@ def test_rows_with_problems_stop_the_run_unless_dropped(tiny_loaded, tmp_path):
     train.run(params(tiny_loaded, data, tmp_path / "b", max_steps=1, drop_bad_rows=True), JobContext())
     split = json.loads((tmp_path / "b" / train.SPLIT).read_text())
     assert 40 not in split["train"] + split["validation"] + split["test"]
+
+
+def test_gradient_checkpointing_gives_the_same_steps(tiny_loaded, alpaca, tmp_path):
+    plain = train.run(params(tiny_loaded, alpaca, tmp_path / "a", max_steps=3), JobContext())
+    again = train.run(
+        params(tiny_loaded, alpaca, tmp_path / "b", max_steps=3, gradient_checkpointing=True), JobContext()
+    )
+    assert again.losses == pytest.approx(plain.losses, rel=1e-5)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in again.model.modules())
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in plain.model.modules())
