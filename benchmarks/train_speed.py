@@ -10,7 +10,10 @@ The job's variants: padded like the Trainer, packed (``TrainParams.pack``), and 
 autocast; the Trainer's: FP32, and bf16 (its own CPU autocast). The time estimate before Start
 (core.finetune.estimate.time_estimate) is compared with each job variant's measured run.
 
-    QUANTTUNE_HOME=/tmp/qthome python benchmarks/train_speed.py --steps 20 --repeat 3
+    QUANTTUNE_HOME=/tmp/qthome python benchmarks/train_speed.py --steps 12 --repeat 3 --threads 1
+
+One thread by default: on a machine whose cores other processes share, two OpenMP threads spin-wait
+on each other and collapse (measured here: 8 tokens/s with two threads under load, 58 with one).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import gc
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 DATASET = Path(__file__).parents[1] / "resources/datasets/instructions-units.jsonl"
@@ -111,7 +115,7 @@ def run_trainer(loaded, steps: int, bf16: bool) -> dict:
     import datasets
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainingArguments
 
     from core.finetune.methods import LINEAR_TARGETS
 
@@ -136,7 +140,10 @@ def run_trainer(loaded, steps: int, bf16: bool) -> dict:
         collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
         trainer = Trainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
                           data_collator=collator, callbacks=[clock])  # fmt: skip
-        trainer.train()
+        trainer.remove_callback(PrinterCallback)  # its log lines would interleave with the table
+        with warnings.catch_warnings():  # transformers' own deprecation inside Trainer
+            warnings.simplefilter("ignore", FutureWarning)
+            trainer.train()
     return {"ends": clock.ends, "losses": [clock.losses[k] for k in sorted(clock.losses)]}
 
 
@@ -153,18 +160,16 @@ def step_tokens(loaded, steps: int) -> list[int]:
     return [sum(len(examples[i].input_ids) for i in order[k * b : (k + 1) * b]) for k in range(steps)]
 
 
-def estimates(loaded, steps: int, variants: list[str]) -> dict:
-    """The time estimate before Start for each job variant, and what making it cost."""
+def estimate_now(loaded, steps: int, name: str) -> tuple[float, float, float]:
+    """The time estimate before Start, made afresh (a new probe): (seconds, tokens/s, what it took)."""
     from core.finetune import estimate
 
-    found = {}
-    for name in variants:
-        pack, autocast = JOB_VARIANTS[name]
-        with tempfile.TemporaryDirectory() as tmp:
-            started = time.perf_counter()
-            e = estimate.time_estimate(job_params(loaded, Path(tmp) / "run", steps, pack, autocast))
-            found[name] = (e, time.perf_counter() - started)
-    return found
+    estimate._SPEEDS.clear()  # a probe now, in the conditions of the run that follows
+    pack, autocast = JOB_VARIANTS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        e = estimate.time_estimate(job_params(loaded, Path(tmp) / "run", steps, pack, autocast))
+    return e.train_seconds, e.tokens_per_second, time.perf_counter() - started
 
 
 def print_losses(losses: dict[str, list[float]]) -> None:
@@ -190,8 +195,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each variant; medians are reported")
     parser.add_argument("--variants", default=",".join([*JOB_VARIANTS, *TRAINER_VARIANTS]))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    import os
+
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from core.jobs import JobContext
     from core.models import loading, sources
@@ -199,14 +210,16 @@ def main() -> None:
     variants = args.variants.split(",")
     loaded = loading.run(loading.LoadParams(sources.DEFAULT_REF, device="cpu"), JobContext())
     tokens = step_tokens(loaded, args.steps)
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.steps} steps of batch 4, "
           f"{sum(tokens)} real tokens, {statistics.mean(tokens) / 4:.1f} per example")  # fmt: skip
-    predicted = estimates(loaded, args.steps, [v for v in variants if v in JOB_VARIANTS])
     speeds: dict[str, list[float]] = {v: [] for v in variants}
+    predicted: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants if v in JOB_VARIANTS}
     losses, seconds, fingerprints = {}, {v: [] for v in variants}, set()
     for r in range(args.repeat):  # interleaved, so that a busy spell of the shared cores hits all variants
         for name in variants:
             if name in JOB_VARIANTS:
+                predicted[name].append(estimate_now(loaded, args.steps, name))
                 result = run_job(loaded, args.steps, *JOB_VARIANTS[name])
                 fingerprints.add(result["fingerprint"])
             else:
@@ -219,6 +232,7 @@ def main() -> None:
     report(speeds, seconds, predicted, tokens, args.steps)
     print_losses(losses)
     print(f"the job trained on {len(fingerprints)} distinct example set(s): the Trainer got the same rows")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
 def report(speeds, seconds, predicted, tokens, steps) -> None:
@@ -230,13 +244,16 @@ def report(speeds, seconds, predicted, tokens, steps) -> None:
         ratios = [f"{value / median[t]:.2f}×" if t in median else "" for t in TRAINER_VARIANTS]
         print(f"| {name} | {value:.1f} | {runs} | " + " | ".join(ratios) + " |")
     if predicted:
-        print("\n| variant | estimated s (steps 2..N) | measured s (median) | estimated tokens/s | "
-              "making the estimate took |")  # fmt: skip
-        print("|---|---|---|---|---|")
-    for name, (e, cost) in predicted.items():
-        share = sum(tokens[1:]) / sum(tokens)  # the estimate covers every step; compare like with like
-        print(f"| {name} | {e.train_seconds * share:.1f} | {statistics.median(seconds[name]):.1f} | "
-              f"{e.tokens_per_second:.0f} | {cost:.1f} s |")  # fmt: skip
+        print("\n| variant | estimated s | measured s | estimated / measured (each run) | tokens/s estimated "
+              "| making the estimate took |")  # fmt: skip
+        print("|---|---|---|---|---|---|")
+    share = sum(tokens[1:]) / sum(tokens)  # an estimate covers every step, the measure steps 2..N
+    for name, found in predicted.items():
+        estimated = [e[0] * share for e in found]
+        ratios = ", ".join(f"{e / m:.2f}" for e, m in zip(estimated, seconds[name], strict=True))
+        rate, took = statistics.median(e[1] for e in found), statistics.median(e[2] for e in found)
+        median = statistics.median(estimated), statistics.median(seconds[name])
+        print(f"| {name} | {median[0]:.1f} | {median[1]:.1f} | {ratios} | {rate:.0f} | {took:.1f} s |")
 
 
 if __name__ == "__main__":

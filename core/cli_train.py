@@ -24,65 +24,48 @@ EXIT_OK = 0
 _MODEL_KEYS = ("model", "device", "allow_pickle", "trust_remote_code")
 _NOT_SETTINGS = {"command", "func", "project", "config", "estimate", "json"}  # the other flags are settings
 _PATH_KEYS = ("dataset", "output", "resume_from")
-_FINETUNE_ONLY = ("gradient_checkpointing", "save_merged")  # project settings the job may not have yet
+_SPECIAL = {"loaded", "method", "dataset", "output", "resume_from", "columns"}  # TrainParams built apart
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    log, params = _TrainLog(args.json), None
+    log, run, params, report, status = _TrainLog(args.json), _ProjectRun(), None, None, "failed"
     try:
-        settings, runs = _settings(args)
-        fields = _train_fields(settings, runs)  # every setting checked before the model loads
+        # every setting is checked before the model loads (seconds, or a minute the first time)
+        settings = run.open(args) if args.project else _config_and_flags(args)
+        fields = run.fields(settings) if args.project else _file_fields(settings)
         params = replace(fields, loaded=_load_model(settings, log))
         if args.estimate:
             return _print_estimate(params, log)
+        params = run.start(params)
         report = _train_until_done_or_ctrl_c(params, log)
+        status = "finished"
     except Cancelled as exc:
+        status = "stopped"
         log.cancelled(exc, params)
         raise
     except QuantTuneError as exc:
         log.emit("error", {"message": exc.message, "fix": exc.fix}, None)  # main() prints it to stderr
         raise
+    finally:
+        run.end(status, report)
     log.result(report)
     return EXIT_OK
 
 
 # -- settings --------------------------------------------------------------------------------
-def _settings(args: argparse.Namespace) -> tuple[dict, Path | None]:
-    """The project's or the config file's settings with the flags on top; where a project keeps runs."""
-    settings: dict[str, Any] = {}
-    runs = None
-    if args.project:
-        project = _find_project(args.project)
-        load = project.load
-        settings = {**asdict(project.finetune), "model": load.model, "device": load.device,
-                    "allow_pickle": load.allow_pickle}  # fmt: skip
-        runs = project.artifacts / "train"
-    elif args.config:
-        settings = _read_config(args.config)
+def _with_flags(settings: dict, args: argparse.Namespace) -> dict:
+    settings = dict(settings)
     for key, value in vars(args).items():
         if key in _NOT_SETTINGS or value is None:
             continue
         if key == "method" and isinstance(settings.get("method"), dict):
             value = {**settings["method"], "method": value}  # the project's rank etc. stay
         settings[key] = value
-    if args.project and not settings.get("model"):
-        raise QuantTuneError(
-            f"The project {args.project} has no model yet.", "Choose one in the Model step, or give --model."
-        )
-    return settings, runs
+    return settings
 
 
-def _find_project(spec: str):
-    from core.project import PROJECT_FILE, list_projects, load_project
-
-    if (Path(spec).expanduser() / PROJECT_FILE).is_file():
-        return load_project(Path(spec).expanduser())
-    projects = list_projects()
-    for project in projects:
-        if spec.strip().lower() in (project.name.lower(), project.folder.name.lower()):
-            return project
-    names = ", ".join(p.name for p in projects) or "none yet"
-    raise QuantTuneError(f"There is no project '{spec}'.", f"Give a project's name or folder ({names}).")
+def _config_and_flags(args: argparse.Namespace) -> dict:
+    return _with_flags(_read_config(args.config) if args.config else {}, args)
 
 
 def _read_config(path: Path) -> dict:
@@ -140,26 +123,43 @@ def _load_model(settings: dict, log: _TrainLog):
         raise Cancelled() from None
 
 
-def _train_fields(settings: dict, runs: Path | None):
-    """TrainParams from the settings, but for the model (loaded next)."""
+def _file_fields(settings: dict):
+    """TrainParams from a config file and flags, but for the model (loaded next)."""
     from core.finetune import train
+    from core.project import FinetuneSettings
 
     fields = train.TrainParams.__dataclass_fields__
-    special = {"loaded", "method", "dataset", "output", "resume_from", "columns"}
-    values = {k: v for k, v in settings.items() if k in fields and k not in special}
-    for key in _FINETUNE_ONLY:
-        if settings.get(key) and key not in fields:
-            print(f"note: '{key}' is not used by this version of the Train job", file=sys.stderr)
+    for key in set(FinetuneSettings.__dataclass_fields__) - set(fields):
+        if settings.get(key):
+            print(f"note: '{key}' is a project setting the Train job does not use", file=sys.stderr)
     if not settings.get("dataset"):
         raise QuantTuneError(
-            "No dataset was given.",
-            "Give --dataset FILE (JSONL, JSON, CSV, Parquet or text), or choose one in the project.",
+            "No dataset was given.", "Give --dataset FILE (JSONL, JSON, CSV, Parquet or text)."
         )
-    output, resume = _output_and_resume(settings, runs)
+    output, resume = _output_and_resume(settings)
+    values = _typed(
+        train.TrainParams, {k: v for k, v in settings.items() if k in fields and k not in _SPECIAL}
+    )
     columns = tuple(sorted(dict(settings.get("columns") or {}).items()))
     return train.TrainParams(loaded=None, dataset=Path(settings["dataset"]), output=output, columns=columns,
-                             method=_method_settings(settings), resume_from=resume,
-                             **_typed(train.TrainParams, values))  # fmt: skip
+                             method=_method_settings(settings), resume_from=resume, **values)  # fmt: skip
+
+
+def _output_and_resume(settings: dict) -> tuple[Path, Path | None]:
+    """The run's folder, and the checkpoint to resume from (latest: the newest in the folder)."""
+    from core.finetune.checkpoints import list_checkpoints
+
+    resume, output = settings.get("resume_from"), settings.get("output")
+    if resume and resume != "latest":
+        return Path(output or Path(resume).parent.parent), Path(resume)  # run/checkpoints/step-N
+    if not output:
+        raise QuantTuneError("No output folder was given.", "Give --output FOLDER: the run is saved there.")
+    found = list_checkpoints(Path(output)) if resume else []
+    if resume and not found:
+        raise QuantTuneError(
+            f"There is no checkpoint to resume in {output}.", "Train first: a run saves some."
+        )
+    return Path(output), found[-1][3] if found else None
 
 
 def _method_settings(settings: dict):
@@ -194,36 +194,96 @@ def _typed(cls, values: dict) -> dict:
     return typed
 
 
-def _output_and_resume(settings: dict, runs: Path | None) -> tuple[Path, Path | None]:
-    """The run's folder, and the checkpoint to resume from (latest: the newest there)."""
-    from core.finetune.checkpoints import list_checkpoints
+class _ProjectRun:
+    """A run of a project, in its run list (core.finetune.runs) as the Train pane records its own:
+    a new run gets a folder under artifacts/train/; a resumed one goes on in its own, with its own
+    settings (the flags on top)."""
 
-    resume, output = settings.get("resume_from"), settings.get("output")
-    if resume and resume != "latest":
-        return Path(output or Path(resume).parent.parent), Path(resume)  # run/checkpoints/step-N
-    if not output and runs is None:
-        raise QuantTuneError(
-            "No output folder was given.",
-            "Give --output FOLDER: checkpoints, the metrics log and the result.",
+    def __init__(self) -> None:
+        self.project = self.record = self.settings = self.checkpoint = self.run_id = None
+
+    def open(self, args: argparse.Namespace) -> dict:
+        self.project = _find_project(args.project)
+        if args.output:
+            raise QuantTuneError("A project's runs go to its artifacts folder.", "Leave out --output.")
+        if args.resume_from:
+            self.record, self.checkpoint = self._resumed(args.resume_from)
+        load = self.project.load
+        base = self.record["settings"] if self.record else asdict(self.project.finetune)
+        settings = _with_flags({**base, "model": load.model, "device": load.device,
+                                "allow_pickle": load.allow_pickle}, args)  # fmt: skip
+        if not settings.get("model"):
+            raise QuantTuneError(f"The project {self.project.name} has no model yet.",
+                                 "Choose one in the Model step, or give --model.")  # fmt: skip
+        return settings
+
+    def _resumed(self, resume: str) -> tuple[dict, Path]:
+        from core.finetune import runs
+        from core.quant.runs import run_path
+
+        saved = [r for r in self.project.train_runs if runs.checkpoints(self.project, r)]
+        if resume == "latest" and saved:
+            return saved[-1], runs.checkpoints(self.project, saved[-1])[-1][3]
+        folder = Path(resume).parent.parent.resolve()  # run/checkpoints/step-N
+        for record in saved:
+            if resume != "latest" and run_path(self.project, record).resolve() == folder:
+                return record, Path(resume)
+        raise QuantTuneError(f"The project {self.project.name} has no checkpoint to resume at {resume}.",
+                             "Give --resume latest, or a checkpoint folder of one of its runs.")  # fmt: skip
+
+    def fields(self, settings: dict):
+        from core.finetune import runs, train
+        from core.project import FinetuneSettings
+        from core.quant.runs import run_path
+
+        known = FinetuneSettings.__dataclass_fields__
+        method = json.loads(json.dumps(asdict(_method_settings(settings))))  # as the project keeps it
+        values = _typed(FinetuneSettings, {k: v for k, v in settings.items() if k in known and k != "method"})
+        self.settings = FinetuneSettings(**values, method=method)
+        folder = run_path(self.project, self.record) if self.record else Path()  # a new one: at start()
+        params = runs.train_params(self.settings, None, folder, self.checkpoint)
+        only_job = set(train.TrainParams.__dataclass_fields__) - set(known) - _SPECIAL  # pack, autocast, …
+        return replace(
+            params, **_typed(train.TrainParams, {k: v for k, v in settings.items() if k in only_job})
         )
-    if not output:  # a project: a new run folder, or for --resume latest the newest run with checkpoints
-        earlier = sorted(f for f in runs.glob("*") if list_checkpoints(f)) if runs.is_dir() else []
-        output = earlier[-1] if resume and earlier else _new_run_folder(runs)
-    found = list_checkpoints(Path(output)) if resume else []
-    if resume and not found:
-        raise QuantTuneError(
-            f"There is no checkpoint to resume in {output}.",
-            "Train first (a run saves checkpoints as it goes and when stopped), or give --resume FOLDER.",
-        )
-    return Path(output), found[-1][3] if found else None
+
+    def start(self, params: Any) -> Any:
+        from core.finetune import runs
+        from core.project import save_project
+
+        if self.project is None:
+            return params
+        if self.record is None:
+            self.run_id, folder = runs.new_train_run(self.project, self.settings)
+            params = replace(params, output=folder)
+        else:
+            self.run_id, self.record["status"] = self.record["id"], "running"
+        save_project(self.project)
+        return params
+
+    def end(self, status: str, report: Any) -> None:
+        from core.finetune import runs
+        from core.project import save_project
+
+        if self.run_id is None:
+            return
+        runs.finish_train_run(self.project, self.run_id, status, report.to_dict() if report else None)
+        if status == "finished":
+            self.project.step_status["train"] = "done"
+        save_project(self.project)
 
 
-def _new_run_folder(runs: Path) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder, n = runs / stamp, 2
-    while folder.exists():
-        folder, n = runs / f"{stamp}-{n}", n + 1
-    return folder
+def _find_project(spec: str):
+    from core.project import PROJECT_FILE, list_projects, load_project
+
+    if (Path(spec).expanduser() / PROJECT_FILE).is_file():
+        return load_project(Path(spec).expanduser())
+    projects = list_projects()
+    for project in projects:
+        if spec.strip().lower() in (project.name.lower(), project.folder.name.lower()):
+            return project
+    names = ", ".join(p.name for p in projects) or "none yet"
+    raise QuantTuneError(f"There is no project '{spec}'.", f"Give a project's name or folder ({names}).")
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -245,6 +305,8 @@ def _train_until_done_or_ctrl_c(params: Any, log: _TrainLog):
     previous = signal.signal(signal.SIGINT, stop) if in_main else None
     try:
         return run_job(train.run, params, ctx)
+    except KeyboardInterrupt:  # the second Ctrl-C: out at once, the step in progress is lost
+        raise Cancelled() from None
     finally:
         if in_main:
             signal.signal(signal.SIGINT, previous)
@@ -256,13 +318,10 @@ def _print_estimate(params: Any, log: _TrainLog) -> int:
 
     timing = estimate.time_estimate(params)
     device = next(params.loaded.model.parameters()).device.type
-    bf16 = train.autocast_dtype(params.autocast, params.loaded.model) is not None
+    width = 2 if train.autocast_dtype(params.autocast, params.loaded.model) is not None else 4
+    free = estimate.available_memory(device)
     memory = estimate.estimate(
-        timing.shape,
-        params.batch_size,
-        params.max_length,
-        compute_bytes=2 if bf16 else 4,
-        available=estimate.available_memory(device),
+        timing.shape, params.batch_size, params.max_length, compute_bytes=width, available=free
     )
     data = {**timing.to_dict(), "peak_memory_bytes": memory.peak, "available_memory_bytes": memory.available,
             "fits": memory.fits, "advice": memory.advice}  # fmt: skip

@@ -118,6 +118,8 @@ class FinetuneSettings:
     early_stopping_patience: int = 0
     gradient_checkpointing: bool = False
     save_merged: bool = False
+    pack: bool = True  # short rows end to end, without padding (where the method allows)
+    autocast: str = "auto"  # bf16 compute where the processor multiplies bf16 natively
 
 
 @dataclass

@@ -144,22 +144,24 @@ def available_memory(device: str = "cpu") -> int | None:
 
 
 # -- time ---------------------------------------------------------------------------------------
-# Seconds = the run's FLOPs ÷ the rate this machine reaches on this model with these settings. A FLOP
-# count alone needs an efficiency that varies with the machine, the precision and the shapes (LoRA on
-# the default model reaches about 60% of a large matmul's rate in FP32, less in bf16), and timing a
-# real step at full size would cost as much as a step (tens of seconds at batch 16 × 512). So one
-# small real step is timed — the method applied, the run's first examples, packed or padded, with the
-# run's autocast, after a warm-up pass — and its FLOPs give the rate (cached per model and settings).
-# The same FLOP formula then prices every step of the run, which is counted exactly: each step's
-# examples come from the epoch order the run will use. benchmarks/train_speed.py checks it.
-PROBE_TOKENS = 128  # the timed step holds about this many tokens: under a second for the default model
+# Seconds = the run's FLOPs ÷ the rate this machine reaches on this model with these settings, plus a
+# fixed cost per step. A FLOP count alone needs an efficiency that varies with the machine, the
+# precision and the shapes (LoRA on the default model reaches about 60% of a large matmul's rate in
+# FP32), and timing a step at full size costs as much as a step (tens of seconds at batch 16 × 512).
+# So two small real steps are timed — the method applied, the run's first examples, packed or padded,
+# with the run's autocast, after a warm-up pass — one about a third the size of the other: the line
+# through them gives the rate and the part that does not grow with the batch (autocast's weight casts,
+# Python), to which the optimizer's measured step is added. Cached per model and settings. The same
+# FLOP formula then prices every step of the run, counted exactly: each step's examples come from the
+# epoch order the run will use. benchmarks/train_speed.py compares the estimate with real runs.
+PROBE_TOKENS = 192  # the larger timed step holds about this many tokens (one or two seconds on CPU)
 _SPEEDS: dict[tuple, tuple[Speed, ModelShape, bool]] = {}
 
 
 @dataclass(frozen=True)
 class Speed:
     flops_per_second: float  # training compute (forward + backward), as the probe reached it
-    step_seconds: float  # per step whatever its size: clipping, the optimizer, zeroing gradients
+    step_seconds: float  # per step whatever its size: casts, clipping, the optimizer, zeroing gradients
 
 
 @dataclass(frozen=True)
@@ -223,8 +225,9 @@ def _rows(lengths: list[int], packed: bool) -> list[int]:
 def time_estimate(params: Any, ctx: Any = None) -> TimeEstimate:
     """How long training with ``params`` (a core.finetune.train.TrainParams) takes on this machine.
 
-    Reads and encodes the data as the run will; the first time for a model and method it also
-    times one small step on a copy of the model (a second or two for the default model).
+    Reads and encodes the data as the run will; the first time for a model and these settings it
+    also times two small steps on a copy of the model (two to four seconds for the default model on
+    two CPU cores). ``ctx`` receives the stages of preparing that copy.
     """
     import tempfile
     from pathlib import Path
@@ -249,29 +252,43 @@ def time_estimate(params: Any, ctx: Any = None) -> TimeEstimate:
 
 
 def measure_speed(run: Any, params: Any, shape: ModelShape) -> Speed:
-    """Time one small real step of ``run`` (a prepared core.finetune.train run) on its first examples."""
+    """Time two small real steps of ``run`` (a prepared core.finetune.train run) on its first examples."""
     import torch
 
     from core.finetune import train
 
-    first = [run.train[i] for i in train.epoch_order(len(run.train), params.seed, 0)[: params.batch_size]]
-    count, total = 0, 0
-    while count < len(first) and (count == 0 or total + len(first[count].input_ids) <= PROBE_TOKENS):
-        total, count = total + len(first[count].input_ids), count + 1
+    first = [run.train[i] for i in train.epoch_order(len(run.train), params.seed, 0)[:8]]
+    small = _fitting(first, PROBE_TOKENS // 3, 1)
+    large = _fitting(first, PROBE_TOKENS, small + 1)
     tokenizer = params.loaded.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    batch = train._batch(run, replace(params, batch_size=count), pad_id)  # as the run builds step 1
     trainables = [p for p in run.model.parameters() if p.requires_grad]
-    for _ in range(2):  # the first pass warms up (kernel choice, allocations) and is not counted
+    times = []
+    for count in (small, small, large):  # the first pass warms up (kernel choice, allocations)
+        batch = train._batch(run, replace(params, batch_size=count), pad_id)  # as the run builds step 1
         started = _now(batch)
         train.batch_loss(run.model, batch, run.autocast).backward()
         computed = _now(batch)
         torch.nn.utils.clip_grad_norm_(trainables, params.max_grad_norm or float("inf"))
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
-        finished = _now(batch)
-    flops = step_flops(shape, first[:count], run.packed)
-    return Speed(flops / max(computed - started, 1e-9), finished - computed)
+        times.append(
+            (step_flops(shape, first[:count], run.packed), computed - started, _now(batch) - computed)
+        )
+    (f1, t1, _), (f2, t2, optimizer) = times[1:]
+    rate = (f2 - f1) / (t2 - t1) if f2 > f1 and t2 > t1 else 0.0
+    fixed = t1 - f1 / rate if rate > 0 else -1.0
+    if not 0 <= fixed <= t1 / 2:  # one example only, or timings too noisy for a line: proportional
+        rate, fixed = f2 / max(t2, 1e-9), 0.0
+    return Speed(rate, fixed + optimizer)
+
+
+def _fitting(examples: list, tokens: int, at_least: int) -> int:
+    """How many of the first ``examples`` fit ``tokens`` (at least ``at_least``, as many as there are)."""
+    count, total = 0, 0
+    while count < len(examples) and (count < at_least or total + len(examples[count].input_ids) <= tokens):
+        total, count = total + len(examples[count].input_ids), count + 1
+    return count
 
 
 def _now(batch: dict) -> float:

@@ -30,6 +30,7 @@ class PlanParams:
     task: str = "instruction"
     dataset: Path | None = None  # classification: the classes are read from it (the head counts too)
     columns: tuple[tuple[str, str], ...] = ()
+    train: Any = None  # core.finetune.train.TrainParams: estimate the time too (a few seconds' probe)
 
     def validate(self) -> list[str]:
         problems = list(self.method.validate())
@@ -45,6 +46,7 @@ class Plan:
     trainable: methods.Trainable
     estimate: Estimate
     device: str
+    time: Any = None  # core.finetune.estimate.TimeEstimate, when asked for
 
 
 def _labels(params: PlanParams) -> list[str]:
@@ -79,4 +81,10 @@ def run(params: PlanParams, ctx: JobContext) -> Plan:
     device = str(params.loaded.device)
     memory = estimate(shape, params.batch_size, params.max_length, checkpointing=params.checkpointing,
                       available=available_memory("cpu" if device == "cpu" else device))  # fmt: skip
-    return Plan(counts, memory, device)
+    timed = None
+    if params.train is not None:
+        from core.finetune.estimate import time_estimate
+
+        ctx.stage("Timing two steps on this machine")
+        timed = time_estimate(params.train, ctx)
+    return Plan(counts, memory, device, timed)

@@ -78,18 +78,22 @@ def train_params(settings: Any, loaded: Any, output: Path, resume_from: Path | N
         seed=s.seed, batch_size=s.batch_size, learning_rate=s.learning_rate, epochs=s.epochs,
         max_steps=s.max_steps, warmup_steps=s.warmup_steps, eval_every=s.eval_every,
         save_every=s.save_every, early_stopping_patience=s.early_stopping_patience, resume_from=resume_from,
-        save_merged=s.save_merged, gradient_checkpointing=s.gradient_checkpointing,
+        save_merged=s.save_merged, gradient_checkpointing=s.gradient_checkpointing, pack=s.pack,
+        autocast=s.autocast,
     )  # fmt: skip
 
 
-def plan_params(settings: Any, loaded: Any) -> Any:
-    """core.finetune.plan.PlanParams for a project's FinetuneSettings."""
+def plan_params(settings: Any, loaded: Any, timed: bool = False) -> Any:
+    """core.finetune.plan.PlanParams for a project's FinetuneSettings (``timed``: the time too)."""
     from core.finetune.plan import PlanParams
 
     s = settings
-    return PlanParams(loaded, method_settings(s.method), s.batch_size, s.max_length, s.gradient_checkpointing,
-                      task=core_task(s.task),
-                      dataset=dataset_path(s), columns=tuple(sorted(s.columns.items())))  # fmt: skip
+    train = train_params(s, loaded, Path("(estimate)")) if timed else None
+    return PlanParams(
+        loaded, method_settings(s.method), s.batch_size, s.max_length, s.gradient_checkpointing,
+        task=core_task(s.task), dataset=dataset_path(s), columns=tuple(sorted(s.columns.items())),
+        train=train,
+    )  # fmt: skip
 
 
 def label(settings: dict[str, Any]) -> str:

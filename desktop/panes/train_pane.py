@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 
 from core.errors import QuantTuneError
 from desktop import dialogs
-from desktop.formatting import format_bytes
+from desktop.formatting import format_bytes, format_seconds
 from desktop.jobs import JobHandle
 from desktop.latest_job import LatestJob
 from desktop.session import Session
@@ -62,6 +62,16 @@ def _load_trained_job(params: Any, ctx) -> Any:
     from core.finetune import runs
 
     return runs.run_load_trained(params, ctx)
+
+
+def time_html(plan: Any) -> str:
+    t = plan.time
+    if t is None:
+        return ""
+    return (
+        f"Time about <b>{format_seconds(t.seconds)}</b> for {t.steps} steps (about "
+        f"{t.tokens_per_second:.0f} tokens per second on this machine, measured just now)."
+    )
 
 
 def estimate_html(plan: Any) -> str:
@@ -105,9 +115,9 @@ class TrainPane(QWidget):
         self._run_id: str | None = None
         self._run_project: Any = None
         self._step = 0
-        self.plan_job = LatestJob(self.runner, _plan_job, "Estimating memory", self._plan_params,
+        self.plan_job = LatestJob(self.runner, _plan_job, "Estimating memory and time", self._plan_params,
                                   ESTIMATE_DELAY_MS, self)  # fmt: skip
-        self.plan_job.started.connect(partial(self._set_estimate, "Estimating memory…"))
+        self.plan_job.started.connect(partial(self._set_estimate, "Estimating memory and time…"))
         self.plan_job.succeeded.connect(self._on_planned)
         self.plan_job.failed.connect(self._on_plan_failed)
         self._memory_timer = QTimer(self, interval=MEMORY_SAMPLE_MS)
@@ -256,7 +266,7 @@ class TrainPane(QWidget):
         if loaded is None or not self.isVisible():
             self._set_estimate("")
             return None
-        params = runs.plan_params(s, loaded)
+        params = runs.plan_params(s, loaded, timed=True)
         if problems := params.validate():
             self._set_estimate("Cannot estimate: " + "; ".join(problems) + ".")
             return None
@@ -270,7 +280,9 @@ class TrainPane(QWidget):
         from desktop.panes.method_pane import counts_html
 
         self.plan = result
-        self.estimate_label.setText(counts_html(result.trainable) + "<br>" + estimate_html(result))
+        self.estimate_label.setText(
+            counts_html(result.trainable) + "<br>" + estimate_html(result) + "<br>" + time_html(result)
+        )
 
     @Slot(object, str)
     def _on_plan_failed(self, exc: BaseException, _tb: str) -> None:

@@ -145,11 +145,16 @@ def test_a_project_run_goes_to_its_artifacts_and_resumes_there(capsys, tiny_mode
     runs = list((p.artifacts / "train").iterdir())
     assert len(runs) == 1 and events(out)[-1]["output"] == str(runs[0])
     assert json.loads((runs[0] / "final/method.json").read_text())["rank"] == 4
-    code, out, err = train(
-        capsys, "--project", str(p.folder), "--resume", "latest", "--max-steps", "3", "--json"
-    )
+    record = project.load_project(p.folder).train_runs[0]  # in the run list, as the Train pane's runs
+    assert record["status"] == "finished" and record["summary"]["steps"] == 2
+    resume = ["--project", str(p.folder), "--resume", "latest", "--max-steps", "3", "--json"]
+    code, out, err = train(capsys, *resume)
     assert code == 0, err
     assert steps_of(events(out)) == [3] and list((p.artifacts / "train").iterdir()) == runs
+    again = project.load_project(p.folder)
+    assert len(again.train_runs) == 1 and again.train_runs[0]["summary"]["steps"] == 3
+    code, _, err = train(capsys, "--project", str(p.folder), "--output", str(runs[0]))
+    assert code == 1 and "Leave out --output" in err
     code, _, err = train(capsys, "--project", "no such project")
     assert code == 1 and "Units demo" in err
 

@@ -47,7 +47,8 @@ def test_estimate_then_stop_resume_finish_ask_and_reopen(qtbot, pane, tiny_model
     pane.settings_box.set_settings(session.finetune_settings)
     pane.estimate()
     qtbot.waitUntil(lambda: not pane.plan_job.busy, timeout=JOB_TIMEOUT_MS)
-    assert "Peak memory about" in pane.estimate_label.text() and "fits" in pane.estimate_label.text()
+    text = pane.estimate_label.text()
+    assert "Peak memory about" in text and "fits" in text and "Time about" in text
 
     # start, and stop once the first steps are in the plots
     handle = pane.start()
