@@ -125,7 +125,7 @@ def method_and_train(window) -> None:
     pane.ask_box.prompt.setText(QUESTION)
     pane.ask_box.ask()
     wait_for(pane.ask_box.answerFinished, 120)
-    pane.tabs.setCurrentWidget(pane.ask_box)
+    pane.tabs.setCurrentWidget(pane.try_stack)
     print(f"asked {QUESTION!r}: {pane.ask_box.answer()!r}")
     shoot(window, "train-ask")
 

@@ -79,8 +79,11 @@ def add_adapters(model: Any, size: int) -> Any:
 
 def apply(model: Any, settings: Any) -> Any:
     """The Train step's method: freeze ``model`` whole, then add trainable adapters (in place)."""
+    from core.finetune.methods import head_ids
+
+    head = head_ids(model)  # a classifier's new head trains too
     for param in model.parameters():
-        param.requires_grad_(False)
+        param.requires_grad_(id(param) in head)
     return add_adapters(model, settings.adapter_size)
 
 

@@ -78,3 +78,12 @@ def list_checkpoints(output: Path) -> list[tuple[int, float, float, Path]]:
             continue  # not a finished checkpoint
         found.append((int(state["step"]), float(state["loss"]), float(state["time"]), folder))
     return sorted(found, key=lambda c: c[0])
+
+
+def prune_checkpoints_after(output: Path, step: int) -> None:
+    """Remove the checkpoints after ``step``: a run resumed from an earlier one leaves their future."""
+    import shutil
+
+    for later_step, _loss, _time, folder in list_checkpoints(output):
+        if later_step > step:
+            shutil.rmtree(folder, ignore_errors=True)

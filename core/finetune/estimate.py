@@ -173,6 +173,7 @@ class TimeEstimate:
     speed: Speed
     shape: ModelShape  # of the model as it will train (the method applied): for the memory estimate
     cost_seconds: float  # what making this estimate took (more the first time: the probe)
+    longest: int = 0  # tokens of the longest example: a batch's activations grow to batch × this
 
     @property
     def seconds(self) -> float:
@@ -236,17 +237,21 @@ def time_estimate(params: Any, ctx: Any = None) -> TimeEstimate:
     from core.jobs import JobContext
 
     started, ctx = time.perf_counter(), ctx or JobContext()
-    key = (id(params.loaded.model), params.method, params.task, params.pack, params.autocast)
+    key = (id(params.loaded.model), params.method, params.task, params.pack, params.autocast,
+           params.gradient_checkpointing)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:  # the run writes its split there: not into the output
         probe_params = replace(params, output=Path(tmp), resume_from=None)
         if key in _SPEEDS:
             examples, val = train._load_examples(probe_params, params.loaded.tokenizer)[:2]
         else:
-            run = train._setup(probe_params, ctx)
-            examples, val = run.train, run.val
-            shape = ModelShape.of(run.model)
-            _SPEEDS[key] = (measure_speed(run, probe_params, shape), shape, run.packed)
-            del run
+            import torch
+
+            with torch.random.fork_rng():  # the probe's seeding and dropout leave the process's RNG be
+                run = train._setup(probe_params, ctx)
+                examples, val = run.train, run.val
+                shape = ModelShape.of(run.model)
+                _SPEEDS[key] = (measure_speed(run, probe_params, shape), shape, run.packed)
+                del run
     speed, shape, packed = _SPEEDS[key]
     return _price(params, examples, val, speed, shape, packed, time.perf_counter() - started)
 
@@ -326,8 +331,9 @@ def _price(params: Any, examples: list, val: list, speed: Speed, shape: ModelSha
         tokens += sum(len(e.input_ids) for e in batch)
     evaluations = (-(-steps // params.eval_every) if params.eval_every else 1) if val else 0
     one = sum(step_flops(shape, val[i : i + size], False, backward=False) for i in range(0, len(val), size))
+    longest = max((len(e.input_ids) for e in examples + val), default=0)
     return TimeEstimate(
-        seconds, evaluations * one / rate, steps, tokens / max(seconds, 1e-9), speed, shape, cost
+        seconds, evaluations * one / rate, steps, tokens / max(seconds, 1e-9), speed, shape, cost, longest
     )
 
 

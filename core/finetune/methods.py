@@ -47,6 +47,8 @@ class MethodSettings:
             problems.append("dropout lies in [0, 1)")
         if self.virtual_tokens < 1:
             problems.append("at least one virtual token")
+        if self.method in ("lora", "dora", "qlora", "ia3") and not self.target_modules:
+            problems.append("choose at least one kind of layer to adapt")
         if self.top_layers < 1:
             problems.append("partial fine-tuning trains at least the top layer")
         if self.adapter_size < 1:
@@ -106,7 +108,7 @@ def is_sequence_classifier(model: Any) -> bool:
     return type(model).__name__.endswith("ForSequenceClassification")
 
 
-def _head_ids(model: Any) -> set[int]:
+def head_ids(model: Any) -> set[int]:
     """The new classification head's parameters (none for a language model): it always trains."""
     if not is_sequence_classifier(model):
         return set()
@@ -115,7 +117,7 @@ def _head_ids(model: Any) -> set[int]:
 
 
 def _freeze_all_but(model: Any, keep: Callable[[str], bool]) -> Any:
-    head = _head_ids(model)
+    head = head_ids(model)
     for name, param in model.named_parameters():
         param.requires_grad_(keep(name) or id(param) in head)
     return model
@@ -141,7 +143,7 @@ def _partial(model: Any, s: MethodSettings) -> Any:
     blocks = decoder_blocks(model)
     top = {id(p) for block in list(blocks)[-s.top_layers :] for p in block.parameters()}
     head = model.get_output_embeddings()
-    top |= {id(p) for p in head.parameters()} if head is not None else _head_ids(model)
+    top |= {id(p) for p in head.parameters()} if head is not None else head_ids(model)
     for _name, param in model.named_parameters():
         param.requires_grad_(id(param) in top)
     return model
@@ -159,7 +161,7 @@ def _bitfit(model: Any, _s: MethodSettings) -> Any:
 def _norms(model: Any, _s: MethodSettings) -> Any:
     """Norm-only tuning by freezing: peft's LN tuning warns on RMSNorm, and freezing is the whole method."""
     norms = {id(p) for m in model.modules() if "norm" in type(m).__name__.lower() for p in m.parameters()}
-    norms |= _head_ids(model)
+    norms |= head_ids(model)
     for _name, param in model.named_parameters():
         param.requires_grad_(id(param) in norms)
     return model

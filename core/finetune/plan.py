@@ -78,13 +78,18 @@ def run(params: PlanParams, ctx: JobContext) -> Plan:
     if qlora:  # NF4 base: about half a byte per weight, plus the scales
         shape = ModelShape(**{**shape.__dict__, "weight_bytes": 0.56})
     del model
-    device = str(params.loaded.device)
-    memory = estimate(shape, params.batch_size, params.max_length, checkpointing=params.checkpointing,
-                      available=available_memory("cpu" if device == "cpu" else device))  # fmt: skip
-    timed = None
+    timed, seq_len = None, params.max_length
     if params.train is not None:
         from core.finetune.estimate import time_estimate
 
         ctx.stage("Timing two steps on this machine")
-        timed = time_estimate(params.train, ctx)
+        try:
+            timed = time_estimate(params.train, ctx)
+            seq_len = min(seq_len, timed.longest or seq_len)  # no batch is longer than the longest row
+        except QuantTuneError:
+            pass  # the data has problems (the method step lists them): the memory estimate still holds
+    # activations counted at FP32 even under bf16 autocast: norms, softmax and the loss stay FP32
+    device = str(params.loaded.device)
+    memory = estimate(shape, params.batch_size, seq_len, checkpointing=params.checkpointing,
+                      available=available_memory("cpu" if device == "cpu" else device))  # fmt: skip
     return Plan(counts, memory, device, timed)

@@ -11,13 +11,20 @@ import json
 import math
 from pathlib import Path
 
+from core.atomic import write_text
+
 METRICS = "metrics.jsonl"
 
 
 class MetricsLog:
-    def __init__(self, output: Path) -> None:
+    """``keep_until``: a resumed run's step; the records of later steps (another future) are dropped."""
+
+    def __init__(self, output: Path, keep_until: int | None = None) -> None:
         Path(output).mkdir(parents=True, exist_ok=True)
         self.path = Path(output) / METRICS
+        if keep_until is not None and self.path.is_file():
+            kept = [r for r in read_metrics(output) if r["step"] <= keep_until]
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = self.path.open("a", encoding="utf-8")
 
     def write(self, step: int, values: dict[str, float]) -> None:

@@ -36,18 +36,39 @@ BUNDLED = {  # file -> (title, task)
 DEFAULT_DATASET = "instructions-units.jsonl"
 
 
+BUNDLED_PREFIX = "bundled:"  # a sample is saved by name: the install folder may move
+
+
 def bundled_dataset(name: str) -> Path:
     return Path(str(resources.files("resources").joinpath("datasets", name)))
 
 
 def dataset_path(settings: Any) -> Path:
     """The settings' dataset file; the bundled instruction set when none was chosen."""
-    return Path(settings.dataset) if settings.dataset else bundled_dataset(DEFAULT_DATASET)
+    if not settings.dataset:
+        return bundled_dataset(DEFAULT_DATASET)
+    if settings.dataset.startswith(BUNDLED_PREFIX):
+        return bundled_dataset(settings.dataset.removeprefix(BUNDLED_PREFIX))
+    return Path(settings.dataset)
 
 
 def core_task(task: str) -> str:
     """The Train job's task: question answering and summarisation are taught as instructions."""
     return "instruction" if task in ("qa", "summarization") else task
+
+
+LOOP_FIELDS = ("learning_rate", "epochs", "max_steps", "warmup_steps", "eval_every", "save_every",
+               "early_stopping_patience", "gradient_checkpointing", "save_merged")  # fmt: skip
+
+
+def resume_settings(record: dict[str, Any], current: Any) -> Any:
+    """A run's own settings (data, method, batch size: what its checkpoints depend on) with the loop
+    settings on screen now (a lower learning rate, more steps), recorded in the run."""
+    settings = settings_of(record)
+    for name in LOOP_FIELDS:
+        setattr(settings, name, getattr(current, name))
+    record["settings"] = plain_settings(asdict(settings))
+    return settings
 
 
 def settings_of(record: dict[str, Any]) -> Any:
@@ -103,12 +124,13 @@ def label(settings: dict[str, Any]) -> str:
     title = methods.METHODS[key].title if key in methods.METHODS else key
     if key in ("lora", "dora", "qlora"):
         title += f" r{method.get('rank', methods.MethodSettings.rank)}"
-    data = Path(settings.get("dataset") or DEFAULT_DATASET).stem
+    data = Path((settings.get("dataset") or DEFAULT_DATASET).removeprefix(BUNDLED_PREFIX)).stem
     return f"{title} · {data}"
 
 
-def new_train_run(project: Any, settings: Any) -> tuple[str, Path]:
-    """Record a run that is starting (status "running") and give its folder."""
+def new_train_run(project: Any, settings: Any, model: dict | None = None) -> tuple[str, Path]:
+    """Record a run that is starting (status "running") and give its folder; ``model``: the trained
+    model's reference (core.models.sources.ModelRef.to_dict()), so only that model resumes it."""
     created = datetime.now(timezone.utc)
     data = plain_settings(asdict(settings))
     base = f"{created.strftime('%Y%m%d-%H%M%S')}-{data.get('method', {}).get('method', 'lora')}"
@@ -119,7 +141,7 @@ def new_train_run(project: Any, settings: Any) -> tuple[str, Path]:
     project.train_runs.append({
         "id": run_id, "created": created.isoformat(timespec="seconds"), "label": label(data),
         "folder": relative_path(root / run_id, project.folder), "settings": data, "status": "running",
-        "summary": {},
+        "summary": {}, "model": model,
     })  # fmt: skip
     return run_id, root / run_id
 
@@ -131,6 +153,26 @@ def finish_train_run(project: Any, run_id: str, status: str, report: dict[str, A
     record["status"] = status
     if report is not None:
         record["summary"] = {k: report.get(k) for k in SUMMARY_KEYS}
+
+
+def model_problem(record: dict[str, Any], loaded: Any) -> str:
+    """Why ``loaded`` cannot resume or load the recorded run ("" when it can)."""
+    trained = record.get("model")
+    if trained is None or loaded is None or trained == loaded.ref.to_dict():
+        return ""
+    name = trained.get("name") or trained.get("path") or "another model"
+    return f"This run trained {name}, not {loaded.card.name}: load that model first (Load model)."
+
+
+def summary_from_history(history: list[dict]) -> dict[str, Any]:
+    """What a run that did not finish got to: its last step and loss, its best validation loss."""
+    losses = [r["loss"] for r in history if r.get("loss") is not None]
+    vals = [r["val_loss"] for r in history if r.get("val_loss") is not None]
+    return {
+        "steps": history[-1]["step"] if history else 0,
+        "final_train_loss": losses[-1] if losses else None,
+        "best_validation_loss": min(vals) if vals else None,
+    }
 
 
 def find(project: Any, run_id: str) -> dict[str, Any] | None:
@@ -173,14 +215,15 @@ def load_trained(loaded: Any, folder: Path) -> Any:
 
     if (folder / classify.LABELS).is_file():
         return classify.load_classifier(loaded, folder)
-    base = copy.deepcopy(loaded.model)
-    if (folder / "adapter_config.json").is_file():
+    own = methods.METHODS[settings.method].builds_own_model  # QLoRA: a new 4-bit model, no float copy
+    base = loaded.model if own else copy.deepcopy(loaded.model)
+    if not (folder / WEIGHTS).is_file():  # an adapter saved by peft alone
         from peft import PeftModel
 
         return PeftModel.from_pretrained(base, str(folder)).eval()
     from safetensors.torch import load_file
 
-    model = methods.apply(base, settings)
+    model = methods.apply(base, settings)  # the structure it was trained in, then its tensors
     params = dict(model.named_parameters())
     import torch
 

@@ -34,6 +34,7 @@ from core.finetune.checkpoints import (
     WEIGHTS,
     list_checkpoints,
     load_checkpoint,
+    prune_checkpoints_after,
     save_checkpoint,
     trainable_tensors,
 )
@@ -333,6 +334,11 @@ def _resume(run: _Run, params: TrainParams) -> None:
             "The checkpoint was trained on other data, another validation share or another seed.",
             "Resume with the same dataset and settings, or start afresh.",
         )
+    if state.get("batch_size", params.batch_size) != params.batch_size:
+        raise QuantTuneError(
+            "The checkpoint was trained with another batch size: its steps would skip or repeat rows.",
+            "Resume with the batch size the run started with, or start afresh.",
+        )
     # This run's learning rate on the same schedule (a diverged run may resume lower): LambdaLR
     # computes base rate × factor(step), so for an unchanged rate this is bit for bit the old one.
     factor, lr = _schedule(params.warmup_steps, run.total_steps), params.learning_rate
@@ -434,7 +440,13 @@ def evaluate(model: Any, examples: list[Example], batch_size: int, pad_id: int, 
 
 def _checkpoint(run: _Run, params: TrainParams) -> None:
     folder = Path(params.output) / "checkpoints" / f"step-{run.step}"
-    save_checkpoint(folder, run.model, run.optimizer, run.scheduler, run.state(params.seed))
+    save_checkpoint(
+        folder,
+        run.model,
+        run.optimizer,
+        run.scheduler,
+        {**run.state(params.seed), "batch_size": params.batch_size},
+    )
     run.saved_at = run.step
 
 
@@ -516,8 +528,9 @@ def save_final(
 
         if isinstance(model, PeftModel):
             model.save_pretrained(tmp)  # adapter_model.safetensors + adapter_config.json
-        else:
-            save_file(trainable_tensors(model), str(tmp / WEIGHTS))
+        # every trained tensor by its name in the trained model: what QuantTune reloads exactly (QAT's
+        # scales and QLoRA's adapter on its 4-bit base too, which peft's adapter alone cannot rebuild)
+        save_file(trainable_tensors(model), str(tmp / WEIGHTS))
         write_json(tmp / "method.json", asdict(settings))
         if classify.is_classifier(model):
             classify.save_labels(tmp, model)  # with the head's tensors: all a reload needs
@@ -556,7 +569,9 @@ def save_merged(model: Any, tokenizer: Any, folder: Path) -> None:
 def run(params: TrainParams, ctx: JobContext) -> TrainReport:
     started = time.monotonic()
     run_state = _setup(params, ctx)
-    run_state.log = MetricsLog(params.output)
+    if params.resume_from is not None:  # a later history (a resume from an earlier checkpoint) is over
+        prune_checkpoints_after(Path(params.output), run_state.step)
+    run_state.log = MetricsLog(params.output, keep_until=run_state.step)
     try:
         stopped_early = _loop(run_state, params, ctx)
     finally:

@@ -27,23 +27,13 @@ from core.errors import QuantTuneError
 from desktop.jobs import JobHandle
 from desktop.latest_job import LatestJob
 from desktop.session import Session
+from desktop.widgets.cost_text import counts_html, plan_job
 from desktop.widgets.data_box import DataBox
 from desktop.widgets.learn_panel import LearnPanel
 from desktop.widgets.method_picker import MethodPicker
 
 NO_MODEL = "Load a model first: the method's cost is counted on the loaded model."
 COUNT_DELAY_MS = 400
-
-
-def _plan_job(params: Any, ctx) -> Any:
-    from core.finetune import plan
-
-    return plan.run(params, ctx)
-
-
-def counts_html(trainable: Any) -> str:
-    return (f"Trains <b>{trainable.trainable:,}</b> of {trainable.total:,} parameters "
-            f"(<b>{100 * trainable.share:.3g} %</b>) of the loaded model.")  # fmt: skip
 
 
 class MethodPane(QWidget):
@@ -57,7 +47,7 @@ class MethodPane(QWidget):
         self.session, self.runner = session, session.runner
         self.counted: Any = None  # the last core.finetune.plan.Plan
         self.count_job = LatestJob(
-            self.runner, _plan_job, "Counting trainable parameters", self._count_params, COUNT_DELAY_MS, self
+            self.runner, plan_job, "Counting trainable parameters", self._count_params, COUNT_DELAY_MS, self
         )
         self.count_job.started.connect(self._on_count_started)
         self.count_job.succeeded.connect(self._on_counted)

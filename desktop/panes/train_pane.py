@@ -28,12 +28,12 @@ from PySide6.QtWidgets import (
 
 from core.errors import QuantTuneError
 from desktop import dialogs
-from desktop.formatting import format_bytes, format_seconds
 from desktop.jobs import JobHandle
 from desktop.latest_job import LatestJob
 from desktop.session import Session
 from desktop.widgets.ask_box import AskBox
 from desktop.widgets.classify_box import ClassifyBox
+from desktop.widgets.cost_text import plan_html, plan_job, qat_text
 from desktop.widgets.error_panel import ErrorPanel
 from desktop.widgets.job_bar import JobBar
 from desktop.widgets.learn_panel import LearnPanel
@@ -52,50 +52,10 @@ def _train_job(params: Any, ctx) -> Any:
     return train.run(params, ctx)
 
 
-def _plan_job(params: Any, ctx) -> Any:
-    from core.finetune import plan
-
-    return plan.run(params, ctx)
-
-
 def _load_trained_job(params: Any, ctx) -> Any:
     from core.finetune import runs
 
     return runs.run_load_trained(params, ctx)
-
-
-def time_html(plan: Any) -> str:
-    t = plan.time
-    if t is None:
-        return ""
-    return (
-        f"Time about <b>{format_seconds(t.seconds)}</b> for {t.steps} steps (about "
-        f"{t.tokens_per_second:.0f} tokens per second on this machine, measured just now)."
-    )
-
-
-def estimate_html(plan: Any) -> str:
-    e = plan.estimate
-    parts = (f"weights {format_bytes(e.weights)}, gradients {format_bytes(e.gradients)}, "
-             f"optimizer {format_bytes(e.optimizer)}, activations {format_bytes(e.activations)}")  # fmt: skip
-    text = f"Peak memory about <b>{format_bytes(e.peak)}</b> ({parts})"
-    if e.fits is None:
-        return text + "; the free memory of this device is unknown."
-    free = f" of {format_bytes(e.available)} free"
-    if e.fits:
-        return text + free + ": <b style='color:#1e8449'>fits</b>."
-    advice = "; ".join(e.advice)
-    return text + free + f": <b style='color:#c0392b'>does not fit</b>. Try {advice}."
-
-
-def qat_text(qat: dict | None) -> str:
-    if not qat:
-        return ""
-    return (
-        f"<br><b>{qat['scheme']}</b> with the learned scales: perplexity <b>{qat['qat']:.2f}</b>, "
-        f"against {qat['ptq']:.2f} for plain quantization (RTN) of the base and {qat['base']:.2f} "
-        "unquantized. The integer model is saved in the run's quantized/ folder and loads like any model."
-    )
 
 
 class TrainPane(QWidget):
@@ -114,8 +74,9 @@ class TrainPane(QWidget):
         self._handle: JobHandle | None = None
         self._run_id: str | None = None
         self._run_project: Any = None
+        self._run_loaded: Any = None  # the LoadedModel the run trains (Ask pairs the result with it)
         self._step = 0
-        self.plan_job = LatestJob(self.runner, _plan_job, "Estimating memory and time", self._plan_params,
+        self.plan_job = LatestJob(self.runner, plan_job, "Estimating memory and time", self._plan_params,
                                   ESTIMATE_DELAY_MS, self)  # fmt: skip
         self.plan_job.started.connect(partial(self._set_estimate, "Estimating memory and time…"))
         self.plan_job.succeeded.connect(self._on_planned)
@@ -206,7 +167,14 @@ class TrainPane(QWidget):
     # -- following the session ------------------------------------------------------------
     @Slot(object)
     def _on_project_changed(self, _project: Any) -> None:
+        """Another project: its settings and runs; nothing of the previous one stays on screen."""
         self.settings_box.set_settings(self.session.finetune_settings)
+        self.status_label.setText("")
+        self.error_panel.dismiss()
+        self.ask_box.set_model(None)
+        self.classify_box.set_model(None)
+        if self.plots is not None and self._handle is None:
+            self.plots.clear()
         self._refresh_runs()
         self.refresh()
 
@@ -240,10 +208,12 @@ class TrainPane(QWidget):
         self.runs_view.set_busy(not idle)
         if loaded is not None and self.session.project is None:
             self.status_label.setText(NO_PROJECT)
+        elif self.status_label.text() == NO_PROJECT:
+            self.status_label.setText("")
         self._emit_status()
 
     def _emit_status(self) -> None:
-        if self._handle is not None:
+        if self._handle is not None and self._run_project is self.session.project:
             self.statusChanged.emit("running", f"Training, step {self._step}")
             return
         records = self._records()
@@ -263,6 +233,8 @@ class TrainPane(QWidget):
         from core.finetune import runs
 
         loaded, s = self.session.model, self.session.finetune_settings
+        if self._handle is not None:
+            return None  # its probe steps would compete with the run (and measure a busy machine)
         if loaded is None or not self.isVisible():
             self._set_estimate("")
             return None
@@ -277,12 +249,8 @@ class TrainPane(QWidget):
 
     @Slot(object)
     def _on_planned(self, result: Any) -> None:
-        from desktop.panes.method_pane import counts_html
-
         self.plan = result
-        self.estimate_label.setText(
-            counts_html(result.trainable) + "<br>" + estimate_html(result) + "<br>" + time_html(result)
-        )
+        self.estimate_label.setText(plan_html(result))
 
     @Slot(object, str)
     def _on_plan_failed(self, exc: BaseException, _tb: str) -> None:
@@ -303,7 +271,7 @@ class TrainPane(QWidget):
             return None
         settings = dataclasses.replace(self.session.finetune_settings)
         settings.method = dict(settings.method)
-        run_id, folder = runs.new_train_run(project, settings)
+        run_id, folder = runs.new_train_run(project, settings, loaded.ref.to_dict())
         handle = self._launch(run_id, settings, folder, None)
         if handle is None:
             project.train_runs.remove(runs.find(project, run_id))
@@ -320,7 +288,10 @@ class TrainPane(QWidget):
         record = runs.find(project, run_id) if project is not None else None
         if record is None or self.session.model is None or self._handle is not None:
             return None
-        settings = runs.settings_of(record)
+        if problem := runs.model_problem(record, self.session.model):
+            self.error_panel.show_message(problem)
+            return None
+        settings = runs.resume_settings(record, self.session.finetune_settings)
         handle = self._launch(run_id, settings, run_path(project, record), Path(checkpoint))
         if handle is not None:
             self.ensure_plots().set_history(runs.history(project, record))
@@ -344,7 +315,7 @@ class TrainPane(QWidget):
         handle.failed.connect(self._on_failed)
         handle.cancelled.connect(self._on_cancelled)
         handle.finished.connect(self._on_finished)
-        self._handle, self._run_id, self._run_project = handle, run_id, project
+        self._handle, self._run_id, self._run_project, self._run_loaded = handle, run_id, project, loaded
         self._step = 0
         self.job_bar.bind(handle)
         self.status_label.setText("")
@@ -381,6 +352,8 @@ class TrainPane(QWidget):
         from core.finetune import runs
 
         project = self._run_project
+        if report is None:  # stopped or failed: what it got to, from its metrics log
+            report = runs.summary_from_history(runs.history(project, runs.find(project, self._run_id)))
         runs.finish_train_run(project, self._run_id, status, report)
         if status == "finished":
             project.step_status["train"] = "done"
@@ -405,8 +378,7 @@ class TrainPane(QWidget):
             f"Finished after {report.steps} steps{early}, training loss {report.final_train_loss:.4g}. "
             f"Saved in {report.output / 'final'}. Try it below." + qat_text(report.qat)
         )
-        loaded = self.session.model
-        if loaded is not None and self._run_project is self.session.project:
+        if self._run_loaded is self.session.model and self._run_project is self.session.project:
             self._ask(report.model.eval())
         self.trained.emit(report)
 
@@ -465,6 +437,9 @@ class TrainPane(QWidget):
         project, loaded = self.session.project, self.session.model
         record = runs.find(project, run_id) if project is not None else None
         if record is None or loaded is None:
+            return None
+        if problem := runs.model_problem(record, loaded):
+            self.error_panel.show_message(problem)
             return None
         params = runs.LoadTrainedParams(loaded, run_path(project, record) / "final")
         handle = self.runner.start(_load_trained_job, params, name=f"Loading {record['label']}", owner=self)

@@ -77,11 +77,11 @@ class DataBox(QGroupBox):
 
     # -- layout ---------------------------------------------------------------------------
     def _build(self) -> None:
-        from core.finetune.runs import BUNDLED, bundled_dataset
+        from core.finetune.runs import BUNDLED, BUNDLED_PREFIX
 
         self.dataset = QComboBox()
         for name, (title, _task) in BUNDLED.items():
-            self.dataset.addItem(title, str(bundled_dataset(name)))
+            self.dataset.addItem(title, BUNDLED_PREFIX + name)
         self.dataset.addItem(CHOOSE, "")
         self.dataset.activated.connect(self._on_dataset_picked)
         self.task = QComboBox()
@@ -181,10 +181,10 @@ class DataBox(QGroupBox):
                 self.set_settings(self.settings)  # back to the current file
                 return
             path = str(chosen)
-        from core.finetune.runs import BUNDLED, bundled_dataset
+        from core.finetune.runs import BUNDLED, BUNDLED_PREFIX
 
         self.settings.dataset, self.settings.columns = path, {}
-        bundled = {str(bundled_dataset(name)): task for name, (_t, task) in BUNDLED.items()}
+        bundled = {BUNDLED_PREFIX + name: task for name, (_t, task) in BUNDLED.items()}
         if path in bundled:  # a sample comes with its task
             self.settings.task = bundled[path]
         self._edited()

@@ -59,8 +59,9 @@ class TrainPlots(QWidget):
                 [], [], pen=pen, name=label or None, symbol=symbol, symbolSize=5,
                 symbolBrush=pen.color(), connect="finite",
             )  # fmt: skip
+            # downsampled to the pixels, not clipped to the view: a plot filled while its tab was
+            # hidden has a stale view range, and clipping to it drew nothing
             self.curves[name].setDownsampling(auto=True, method="peak")
-            self.curves[name].setClipToView(True)
         self.series: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in CURVES}
         self._dirty: set[str] = set()
         self._timer = QTimer(self, interval=REDRAW_MS)

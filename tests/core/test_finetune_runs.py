@@ -23,7 +23,7 @@ def test_the_bundled_datasets_are_found():
     assert runs.dataset_path(projects.FinetuneSettings()).name == runs.DEFAULT_DATASET
 
 
-@pytest.mark.parametrize("method", ["lora", "ln"])
+@pytest.mark.parametrize("method", ["lora", "ln", "qat", "qlora", "adapters"])
 def test_a_run_is_recorded_trained_and_reloaded(project, tiny_loaded, tmp_path, method):
     settings = projects.FinetuneSettings(
         dataset=str(write_alpaca(tmp_path / "rows.jsonl", 40)), method={"method": method, "rank": 4},
@@ -55,3 +55,17 @@ def test_a_run_is_recorded_trained_and_reloaded(project, tiny_loaded, tmp_path, 
 def test_question_answering_and_summaries_train_as_instructions():
     assert runs.core_task("qa") == runs.core_task("summarization") == "instruction"
     assert runs.core_task("classification") == "classification"
+
+
+def test_a_bundled_sample_is_saved_by_name_and_a_run_knows_its_model(project, tiny_loaded):
+    settings = projects.FinetuneSettings(dataset="bundled:qa-planets.jsonl")
+    assert runs.dataset_path(settings) == runs.bundled_dataset("qa-planets.jsonl")
+    run_id, _folder = runs.new_train_run(project, settings, tiny_loaded.ref.to_dict())
+    record = runs.find(project, run_id)
+    assert record["label"].endswith("· qa-planets") and runs.model_problem(record, tiny_loaded) == ""
+    record["model"] = {"kind": "folder", "location": "/elsewhere", "name": "other-model"}
+    assert "This run trained other-model" in runs.model_problem(record, tiny_loaded)
+    history = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "val_loss": 1.7}, {"step": 3, "loss": 1.2}]
+    assert runs.summary_from_history(history) == {
+        "steps": 3, "final_train_loss": 1.2, "best_validation_loss": 1.7
+    }  # fmt: skip

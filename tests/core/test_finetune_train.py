@@ -245,3 +245,20 @@ def test_gradient_checkpointing_gives_the_same_steps(tiny_loaded, alpaca, tmp_pa
     assert again.losses == pytest.approx(plain.losses, rel=1e-5)
     assert any(getattr(m, "gradient_checkpointing", False) for m in again.model.modules())
     assert not any(getattr(m, "gradient_checkpointing", False) for m in plain.model.modules())
+
+
+def test_resuming_from_an_earlier_checkpoint_drops_the_later_future(tiny_loaded, alpaca, tmp_path):
+    from core.finetune.runlog import read_metrics
+
+    out = tmp_path / "run"
+    train.run(params(tiny_loaded, alpaca, out, max_steps=6, save_every=2), JobContext())
+    assert [c[0] for c in checkpoints.list_checkpoints(out)] == [2, 4, 6]
+    earlier = out / "checkpoints" / "step-2"
+    with pytest.raises(QuantTuneError, match="another batch size"):
+        train.run(
+            params(tiny_loaded, alpaca, out, max_steps=6, batch_size=2, resume_from=earlier), JobContext()
+        )
+    ctx = JobContext()
+    train.run(params(tiny_loaded, alpaca, out, max_steps=3, save_every=0, resume_from=earlier), ctx)
+    assert [c[0] for c in checkpoints.list_checkpoints(out)] == [2, 3]
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]

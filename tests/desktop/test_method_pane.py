@@ -29,7 +29,7 @@ def checked(qtbot, pane, action=None):
 
 def pick_dataset(pane, path):
     box = pane.data_box
-    index = box.dataset.findData(str(path))
+    index = box.dataset.findData(path if isinstance(path, str) else str(path))
     if index < 0:  # a user's file: "Choose a file…" answers with it
         index = box.dataset.count() - 1
     box.dataset.setCurrentIndex(index)
@@ -56,15 +56,14 @@ def test_the_bundled_instruction_set_is_checked_on_show(qtbot, open_pane, sessio
     assert "326 rows" in pane.data_box.shape_label.text() and "alpaca" in pane.data_box.shape_label.text()
     assert pane.data_box.preview.rowCount() == 20 and pane.data_box.split_label.text().startswith("260 train")
     # the classification sample brings its task, and feature extraction becomes available
-    result = checked(
-        qtbot, pane, lambda: pick_dataset(pane, runs.bundled_dataset("classification-support.csv"))
-    )
+    support = runs.BUNDLED_PREFIX + "classification-support.csv"
+    result = checked(qtbot, pane, lambda: pick_dataset(pane, support))
     assert session.finetune_settings.task == "classification" and len(result.labels) == 5
     feature = next(pane.picker.list.item(i) for i in range(pane.picker.list.count())
                    if pane.picker.list.item(i).text() == "Feature extraction")  # fmt: skip
     assert feature.isSelected() is False and bool(feature.flags() & feature.flags().ItemIsEnabled)
     session.flush()
-    assert session.project.finetune.dataset.endswith("classification-support.csv")
+    assert session.project.finetune.dataset == "bundled:classification-support.csv"
 
 
 def test_rows_with_problems_are_listed_and_an_unknown_layout_is_mapped(

@@ -140,3 +140,17 @@ def test_quantization_aware_training_plots_s_and_z_and_compares_with_plain_quant
     assert "with the learned scales" in pane.status_label.text()
     assert len(pane.plots.series["qat_scale"][0]) == 4 and not pane.plots.plots["qat_scale"].isHidden()
     assert (report.output / "quantized").is_dir()
+
+
+def test_another_project_clears_the_previous_ones_run(qtbot, pane, tiny_model_dir, tmp_path):
+    session = pane.session
+    session.new_project("first")
+    load(qtbot, session, tiny_model_dir)
+    configure(session, write_alpaca(tmp_path / "rows.jsonl", 60), max_steps=2)
+    with qtbot.waitSignal(pane.trained, timeout=JOB_TIMEOUT_MS):
+        pane.start()
+    qtbot.waitUntil(lambda: not pane.busy, timeout=JOB_TIMEOUT_MS)
+    assert pane.ask_box._model is not None and pane.plots.series["loss"][0]
+    session.new_project("second")
+    assert pane.ask_box._model is None and not pane.plots.series["loss"][0]
+    assert pane.status_label.text() == "" and pane.runs_view.runs.rowCount() == 0
