@@ -61,7 +61,7 @@ method, checkpointing = case.split("+")[0], case.endswith("+gc")
 loaded = loading.run(loading.LoadParams(sources.DEFAULT_REF, device="cpu"), JobContext())
 gc.collect()
 baseline = rss_anon_bytes()
-with PeakSampler() as setup:  # as core.finetune.train._setup builds the model it trains
+with PeakSampler() as setup:  # as core.finetune.train.prepare builds the model it trains
     own = methods.METHODS[method].builds_own_model
     source = loaded.model if own else copy.deepcopy(loaded.model)
     model = methods.apply(source, methods.MethodSettings(method=method))

@@ -52,24 +52,24 @@ def job_params(loaded, output: Path, steps: int, pack: bool, autocast: str):
 def job_examples(params):
     """The job's training examples and their order over the run (the same functions the job uses)."""
     from core.data.formats import detect_shape, read_rows
-    from core.finetune import train
+    from core.finetune import rundata
     from core.finetune.batches import encode_table
 
     table = read_rows(params.dataset)
     shape = detect_shape(table.columns, table.head(20))
-    split = train.data_split(params, table, shape, set())
+    split = rundata.data_split(params, table, shape, set())
     examples = encode_table(table.subset(split.train), shape, params.loaded.tokenizer, "instruction",
                             params.max_length).examples  # fmt: skip
     per_epoch = -(-len(examples) // params.batch_size)
     epochs = -(-params.max_steps // per_epoch)
-    order = [i for e in range(epochs) for i in train.epoch_order(len(examples), params.seed, e)]
+    order = [i for e in range(epochs) for i in rundata.epoch_order(len(examples), params.seed, e)]
     return examples, order
 
 
 def run_job(loaded, steps: int, pack: bool, autocast: str) -> dict:
     import torch
 
-    from core.finetune import train
+    from core.finetune import rundata, train
     from core.jobs import JobContext
 
     ends, losses = {}, {}
@@ -84,7 +84,7 @@ def run_job(loaded, steps: int, pack: bool, autocast: str) -> dict:
         params = job_params(loaded, Path(tmp) / "run", steps, pack, autocast)
         torch.manual_seed(0)  # the LoRA initialisation, as in the Trainer script
         report = train.run(params, JobContext(sink))
-        fingerprint = train.data_fingerprint(job_examples(params)[0])
+        fingerprint = rundata.data_fingerprint(job_examples(params)[0])
     assert report.steps == steps
     return {"ends": ends, "losses": [losses[k] for k in sorted(losses)], "fingerprint": fingerprint}
 

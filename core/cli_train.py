@@ -1,9 +1,11 @@
 """`quanttune train`: the Train step headless, from a project, a config file or flags.
 
-Settings are layered: the project's (or the config file's), then the flags. The log goes to stdout:
-a line per stage and per step, or with --json one JSON event per line (stage, progress, metric,
-result, error); core.cli.main prints errors and their fix to stderr. Ctrl-C asks the job to stop
-after the current step: it saves a checkpoint first, and --resume latest goes on from it.
+Settings are layered as a project keeps them (core.project.FinetuneSettings): its defaults, then
+the project's (or the config file's), then the flags; core.finetune.runs builds the Train job's
+params and the estimate from them as the Train pane does, so both train alike. The log goes to
+stdout: a line per stage and per step, or with --json one JSON event per line (stage, progress,
+metric, result, error); core.cli.main prints errors and their fix to stderr. Ctrl-C asks the job
+to stop after the current step: it saves a checkpoint first, and --resume latest goes on from it.
 """
 
 from __future__ import annotations
@@ -17,26 +19,33 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from core.errors import Cancelled, QuantTuneError
+from core.errors import Cancelled, InvalidSettings, QuantTuneError
 from core.jobs import JobContext, JobEvent, run_job
 
 EXIT_OK = 0
 _MODEL_KEYS = ("model", "device", "allow_pickle", "trust_remote_code")
 _NOT_SETTINGS = {"command", "func", "project", "config", "estimate", "json"}  # the other flags are settings
 _PATH_KEYS = ("dataset", "output", "resume_from")
-_SPECIAL = {"loaded", "method", "dataset", "output", "resume_from", "columns"}  # TrainParams built apart
+_WHERE = {"loaded", "output", "resume_from"}  # where a run goes, not how it trains
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from core.finetune import runs
+
     log, run, params, report, status = _TrainLog(args.json), _ProjectRun(), None, None, "failed"
     try:
         # every setting is checked before the model loads (seconds, or a minute the first time)
-        settings = run.open(args) if args.project else _config_and_flags(args)
-        fields = run.fields(settings) if args.project else _file_fields(settings)
-        params = replace(fields, loaded=_load_model(settings, log))
+        raw = run.open(args) if args.project else _config_and_flags(args)
+        settings, extra = _finetune_settings(raw), _job_only(raw)
+        output, checkpoint = (None, run.checkpoint) if args.project else _output_and_resume(raw)
+        loaded = _load_model(raw, log)
         if args.estimate:
-            return _print_estimate(params, log)
-        params = run.start(params)
+            return _print_estimate(settings, loaded, log)
+        output = output or run.start(settings, loaded)
+        params = replace(runs.train_params(settings, loaded, output, checkpoint), **extra)
+        if problems := params.validate():
+            raise InvalidSettings(problems)
+        run.save()  # once it can start: a run that cannot is not listed
         report = _train_until_done_or_ctrl_c(params, log)
         status = "finished"
     except Cancelled as exc:
@@ -54,22 +63,32 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # -- settings --------------------------------------------------------------------------------
 def _with_flags(settings: dict, args: argparse.Namespace) -> dict:
+    from core.finetune.runs import BUNDLED_PREFIX
+
     settings = dict(settings)
     for key, value in vars(args).items():
         if key in _NOT_SETTINGS or value is None:
             continue
         if key == "method" and isinstance(settings.get("method"), dict):
             value = {**settings["method"], "method": value}  # the project's rank etc. stay
+        if key == "dataset" and not value.startswith(BUNDLED_PREFIX):  # a run's record outlives the cwd
+            value = str(Path(value).expanduser().absolute())
         settings[key] = value
     return settings
 
 
 def _config_and_flags(args: argparse.Namespace) -> dict:
-    return _with_flags(_read_config(args.config) if args.config else {}, args)
+    settings = _with_flags(_read_config(args.config) if args.config else {}, args)
+    if not settings.get("dataset"):
+        raise QuantTuneError("No dataset was given.", "Give --dataset FILE (JSONL, JSON, CSV, Parquet or "
+                             "text), or a sample: --dataset bundled:instructions-units.jsonl.")  # fmt: skip
+    return settings
 
 
 def _read_config(path: Path) -> dict:
     """A JSON or TOML table of the Train step's settings; relative paths are relative to the file."""
+    from core.finetune.runs import BUNDLED_PREFIX
+
     kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
     try:
         text = path.read_text(encoding="utf-8")
@@ -92,9 +111,9 @@ def _read_config(path: Path) -> dict:
             f"The config file {path.name} has unknown settings: {', '.join(unknown)}.",
             f"Use the Train step's setting names: {', '.join(sorted(known))}.",
         )
-    for key in _PATH_KEYS:
-        if isinstance(data.get(key), str) and data[key] != "latest":
-            data[key] = str(path.parent / Path(data[key]).expanduser())
+    for key, value in [(k, data.get(k)) for k in _PATH_KEYS]:  # "latest" and a sample are no paths
+        if isinstance(value, str) and value != "latest" and not value.startswith(BUNDLED_PREFIX):
+            data[key] = str(path.parent / Path(value).expanduser())
     if isinstance(data.get("model"), str) and (path.parent / data["model"]).exists():
         data["model"] = str(path.parent / data["model"])
     return data
@@ -123,26 +142,29 @@ def _load_model(settings: dict, log: _TrainLog):
         raise Cancelled() from None
 
 
-def _file_fields(settings: dict):
-    """TrainParams from a config file and flags, but for the model (loaded next)."""
-    from core.finetune import train
+def _finetune_settings(settings: dict):
+    """The project's kind of settings: its defaults, then ``settings`` (project or file, and flags).
+    The method is a name or a table of MethodSettings fields; rank, alpha, … may also stand alone."""
+    from core.finetune.methods import MethodSettings
+    from core.project import FinetuneSettings
+    from core.quant.runs import plain_settings
+
+    method, alone = settings.get("method") or {}, set(MethodSettings.__dataclass_fields__) - {"method"}
+    method = dict(method) if isinstance(method, dict) else {"method": str(method)}
+    method.update({k: v for k, v in settings.items() if k in alone})
+    method = plain_settings(asdict(MethodSettings(**_typed(MethodSettings, method))))  # as a project keeps it
+    known = set(FinetuneSettings.__dataclass_fields__) - {"method", "columns"}
+    values = _typed(FinetuneSettings, {k: v for k, v in settings.items() if k in known})
+    return FinetuneSettings(**values, method=method, columns=dict(settings.get("columns") or {}))
+
+
+def _job_only(settings: dict) -> dict:
+    """The Train job's settings that a project does not keep (gradient clipping, the labels)."""
+    from core.finetune.train import TrainParams
     from core.project import FinetuneSettings
 
-    fields = train.TrainParams.__dataclass_fields__
-    for key in set(FinetuneSettings.__dataclass_fields__) - set(fields):
-        if settings.get(key):
-            print(f"note: '{key}' is a project setting the Train job does not use", file=sys.stderr)
-    if not settings.get("dataset"):
-        raise QuantTuneError(
-            "No dataset was given.", "Give --dataset FILE (JSONL, JSON, CSV, Parquet or text)."
-        )
-    output, resume = _output_and_resume(settings)
-    values = _typed(
-        train.TrainParams, {k: v for k, v in settings.items() if k in fields and k not in _SPECIAL}
-    )
-    columns = tuple(sorted(dict(settings.get("columns") or {}).items()))
-    return train.TrainParams(loaded=None, dataset=Path(settings["dataset"]), output=output, columns=columns,
-                             method=_method_settings(settings), resume_from=resume, **values)  # fmt: skip
+    names = set(TrainParams.__dataclass_fields__) - set(FinetuneSettings.__dataclass_fields__) - _WHERE
+    return _typed(TrainParams, {k: v for k, v in settings.items() if k in names})
 
 
 def _output_and_resume(settings: dict) -> tuple[Path, Path | None]:
@@ -160,18 +182,6 @@ def _output_and_resume(settings: dict) -> tuple[Path, Path | None]:
             f"There is no checkpoint to resume in {output}.", "Train first: a run saves some."
         )
     return Path(output), found[-1][3] if found else None
-
-
-def _method_settings(settings: dict):
-    """The method: a name or a table of MethodSettings fields; rank, alpha, … may also stand alone."""
-    from core.finetune.methods import MethodSettings
-
-    method = settings.get("method") or {}
-    fields = dict(method) if isinstance(method, dict) else {"method": str(method)}
-    fields.update(
-        {k: settings[k] for k in MethodSettings.__dataclass_fields__ if k in settings and k != "method"}
-    )
-    return MethodSettings(**_typed(MethodSettings, fields))
 
 
 _KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text", tuple: "a list"}
@@ -200,7 +210,7 @@ class _ProjectRun:
     settings (the flags on top)."""
 
     def __init__(self) -> None:
-        self.project = self.record = self.settings = self.checkpoint = self.run_id = None
+        self.project = self.record = self.checkpoint = self.starting = self.run_id = None
 
     def open(self, args: argparse.Namespace) -> dict:
         self.project = _find_project(args.project)
@@ -231,35 +241,26 @@ class _ProjectRun:
         raise QuantTuneError(f"The project {self.project.name} has no checkpoint to resume at {resume}.",
                              "Give --resume latest, or a checkpoint folder of one of its runs.")  # fmt: skip
 
-    def fields(self, settings: dict):
-        from core.finetune import runs, train
-        from core.project import FinetuneSettings
-        from core.quant.runs import run_path
-
-        known = FinetuneSettings.__dataclass_fields__
-        method = json.loads(json.dumps(asdict(_method_settings(settings))))  # as the project keeps it
-        values = _typed(FinetuneSettings, {k: v for k, v in settings.items() if k in known and k != "method"})
-        self.settings = FinetuneSettings(**values, method=method)
-        folder = run_path(self.project, self.record) if self.record else Path()  # a new one: at start()
-        params = runs.train_params(self.settings, None, folder, self.checkpoint)
-        only_job = set(train.TrainParams.__dataclass_fields__) - set(known) - _SPECIAL  # pack, autocast, …
-        return replace(
-            params, **_typed(train.TrainParams, {k: v for k, v in settings.items() if k in only_job})
-        )
-
-    def start(self, params: Any) -> Any:
+    def start(self, settings: Any, loaded: Any) -> Path:
+        """Record the run, a new one or the resumed one going on (written by save), and give its folder."""
         from core.finetune import runs
+        from core.quant.runs import plain_settings, run_path
+
+        if self.record is None:
+            self.starting, folder = runs.new_train_run(self.project, settings, loaded.ref.to_dict())
+            return folder
+        if problem := runs.model_problem(self.record, loaded):
+            raise QuantTuneError(problem, "Give that model with --model, or start a new run.")
+        self.record.update(status="running", settings=plain_settings(asdict(settings)))
+        self.starting = self.record["id"]
+        return run_path(self.project, self.record)
+
+    def save(self) -> None:
         from core.project import save_project
 
-        if self.project is None:
-            return params
-        if self.record is None:
-            self.run_id, folder = runs.new_train_run(self.project, self.settings)
-            params = replace(params, output=folder)
-        else:
-            self.run_id, self.record["status"] = self.record["id"], "running"
-        save_project(self.project)
-        return params
+        if self.project is not None:
+            self.run_id = self.starting
+            save_project(self.project)
 
     def end(self, status: str, report: Any) -> None:
         from core.finetune import runs
@@ -312,23 +313,32 @@ def _train_until_done_or_ctrl_c(params: Any, log: _TrainLog):
             signal.signal(signal.SIGINT, previous)
 
 
-def _print_estimate(params: Any, log: _TrainLog) -> int:
-    from core.finetune import estimate, train
+_MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations")
+
+
+def _print_estimate(settings: Any, loaded: Any, log: _TrainLog) -> int:
+    """The Train pane's estimate (core.finetune.plan): what trains, the peak memory, whether it fits
+    (else what to change), and the time measured on this machine."""
+    from core.finetune import plan, runs
     from core.learn import format_bytes
 
-    timing = estimate.time_estimate(params)
-    device = next(params.loaded.model.parameters()).device.type
-    width = 2 if train.autocast_dtype(params.autocast, params.loaded.model) is not None else 4
-    free = estimate.available_memory(device)
-    memory = estimate.estimate(
-        timing.shape, params.batch_size, params.max_length, compute_bytes=width, available=free
-    )
-    data = {**timing.to_dict(), "peak_memory_bytes": memory.peak, "available_memory_bytes": memory.available,
-            "fits": memory.fits, "advice": memory.advice}  # fmt: skip
+    result = run_job(plan.run, runs.plan_params(settings, loaded, timed=True), JobContext(log.event))
+    counts, memory, timing = result.trainable, result.estimate, result.time
+    data = {"trainable_parameters": counts.trainable, "total_parameters": counts.total,
+            "peak_memory_bytes": memory.peak, **{f"{k}_bytes": getattr(memory, k) for k in _MEMORY_PARTS},
+            "available_memory_bytes": memory.available, "fits": memory.fits, "advice": memory.advice,
+            **(timing.to_dict() if timing else {})}  # fmt: skip
+    parts = ", ".join(f"{k} {format_bytes(getattr(memory, k))}" for k in _MEMORY_PARTS)
+    free = f" of {format_bytes(memory.available)} free" if memory.available is not None else ""
     fits = {True: "fits", False: "does not fit", None: "free memory unknown"}[memory.fits]
-    lines = [f"about {_duration(timing.seconds)} for {timing.steps} steps (~{timing.tokens_per_second:.0f} "
-             f"tokens/s)", f"peak memory about {format_bytes(memory.peak)}: {fits}"]  # fmt: skip
-    log.emit("result", data, "\n".join(lines + [f"  try: {a}" for a in memory.advice]))
+    time_line = "time not estimated: the data has problems (training names them)"
+    if timing is not None:
+        time_line = (f"time about {_duration(timing.seconds)} for {timing.steps} steps "
+                     f"(~{timing.tokens_per_second:.0f} tokens/s on this machine)")  # fmt: skip
+    lines = [f"trains {counts.trainable:,} of {counts.total:,} parameters ({100 * counts.share:.3g} %)",
+             f"peak memory about {format_bytes(memory.peak)} ({parts}){free}: {fits}",
+             *[f"  try: {a}" for a in memory.advice], time_line]  # fmt: skip
+    log.emit("result", data, "\n".join(lines))
     return EXIT_OK
 
 
@@ -410,9 +420,10 @@ def add_train_parser(sub) -> None:
         "train",
         help="fine-tune a model on a dataset (LoRA, full, IA3, …) with checkpoints and resume",
         description="The Train step, headless. Settings come from a project (--project) or a config file "
-        "(--config, JSON or TOML: the Train step's setting names, plus model), else the defaults; flags "
-        "override them. Prints a line per step (loss, learning rate, tokens/s, ETA), or JSON events with "
-        "--json. Ctrl-C stops after the current step with a checkpoint; --resume latest goes on from it.",
+        "(--config, JSON or TOML: the Train step's setting names, plus model) over a new project's "
+        "defaults; flags override them. Prints a line per step (loss, learning rate, tokens/s, ETA), or "
+        "JSON events with --json. Ctrl-C stops after the current step with a checkpoint; --resume latest "
+        "goes on from it.",
     )
     source = p.add_mutually_exclusive_group()
     runs = "the project's settings and model; the run goes to its artifacts/train/<run-id>"
@@ -422,8 +433,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--device", help="auto (GPU if present), cpu, cuda, cuda:N or mps")
     p.add_argument("--allow-pickle", action="store_true", default=None, help="allow .bin/.pt weights")
     p.add_argument("--trust-remote-code", action="store_true", default=None, help="run the model's own code")
-    p.add_argument("--dataset", help="JSONL, JSON, CSV, Parquet or text file")
-    p.add_argument("--task", help="instruction (default), causal_lm (plain text) or classification")
+    p.add_argument("--dataset", help="JSONL, JSON, CSV, Parquet or text file; bundled:NAME: a sample")
+    p.add_argument("--task", help="instruction (default), qa, summarization, causal_lm or classification")
     p.add_argument("--method", help="lora (default), dora, qlora, full, partial, ia3, prefix, prompt, …")
     for flag, kind, text in (("--rank", int, "LoRA rank"), ("--epochs", int, ""),
                              ("--max-steps", int, "stop after this many steps (0: as the epochs take)"),
@@ -435,6 +446,8 @@ def add_train_parser(sub) -> None:
         p.add_argument(flag, type=kind, help=text or None)
     pack = "each step's examples end to end, without padding (faster on short rows)"
     p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None, help=pack)
+    less = "recompute activations in the backward pass: less memory, slower"
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None, help=less)
     p.add_argument("--autocast", choices=("off", "bf16", "auto"), help="bf16 compute; auto: where native")
     p.add_argument("--output", type=Path, help="the run's folder (checkpoints, metrics.jsonl, final/)")
     p.add_argument("--resume", dest="resume_from", metavar="CHECKPOINT|latest",

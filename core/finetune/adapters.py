@@ -13,23 +13,20 @@ base did until the first step. Everything else is frozen.
 An adapter is attached as a child module ``adapter`` of each block plus a forward hook on that
 block, so the base weights keep their names; the trained tensors are ``...layers.N.adapter.*``.
 The Train step saves them like any freezing method's (``trainable.safetensors`` and
-``method.json`` in ``final/``); :func:`load_adapters` puts them back on a fresh copy of the model.
+``method.json`` in ``final/``); ``core.finetune.runs.load_trained`` puts them back on a fresh copy of
+the model.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from core.errors import QuantTuneError
-from core.finetune.checkpoints import WEIGHTS
 
 CHILD = "adapter"
-SETTINGS = "method.json"  # beside WEIGHTS in the final folder, as core.finetune.train writes it
 
 
 class BottleneckAdapter(nn.Module):
@@ -89,35 +86,3 @@ def apply(model: Any, settings: Any) -> Any:
 
 def adapter_tensors(model: Any) -> dict[str, torch.Tensor]:
     return {name: p for name, p in model.named_parameters() if f".{CHILD}." in name}
-
-
-def load_adapters(model: Any, folder: Path) -> Any:
-    """Put the adapters a Bottleneck-adapter run saved in ``folder`` (its ``final/``) on ``model``,
-    a fresh copy of the model it was trained from; returns ``model`` in eval mode."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    try:
-        settings = json.loads((folder / SETTINGS).read_text(encoding="utf-8"))
-        saved = load_file(str(folder / WEIGHTS))
-    except (OSError, ValueError) as exc:
-        raise QuantTuneError(
-            f"{folder} holds no readable bottleneck adapters ({exc}).",
-            "Pick the final folder of a run trained with bottleneck adapters.",
-        ) from exc
-    if settings.get("method") != "adapters":
-        raise QuantTuneError(
-            f"{folder} was trained with {settings.get('method')!r}, not bottleneck adapters.",
-            "Load it the way its method saves (a peft adapter loads with peft).",
-        )
-    add_adapters(model, int(settings["adapter_size"]))
-    wanted = adapter_tensors(model)
-    if set(saved) != set(wanted) or any(saved[n].shape != p.shape for n, p in wanted.items()):
-        raise QuantTuneError(
-            f"The adapters in {folder} were trained on a model of another shape.",
-            "Load them into the model they were trained from.",
-        )
-    with torch.no_grad():
-        for name, param in wanted.items():
-            param.copy_(saved[name])
-    return model.eval()

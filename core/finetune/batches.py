@@ -121,6 +121,13 @@ def _eos(tokenizer: Any) -> list[int]:
     return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
 
+def pad_id_of(tokenizer: Any) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its end of sequence (many causal
+    LMs have none; padding is masked out of attention and loss)."""
+    pad = tokenizer.pad_token_id
+    return tokenizer.eos_token_id if pad is None else pad
+
+
 def collate(examples: list[Example], pad_id: int) -> dict:
     """Right-pad to the longest example; padding is masked out of attention and loss."""
     import torch

@@ -8,7 +8,7 @@ also for soft-prompt methods, where transformers cannot see padding in ``inputs_
 position embeddings are relative, so left padding changes no score (checked in the tests); only a
 soft prompt, which peft puts before the padding, sees the text a little further away.
 
-A finished classifier is saved by the Train step (``train.save_final``) with ``labels.json``
+A finished classifier is saved by the Train step (``saving.save_final``) with ``labels.json``
 beside the adapter or the trained tensors; ``load_classifier`` rebuilds it from the base model,
 ``predict`` labels texts with it (the Evaluate step and "Ask the model").
 """
@@ -24,7 +24,7 @@ from typing import Any
 from core.data.formats import Shape, Table
 from core.errors import QuantTuneError
 from core.finetune import methods
-from core.finetune.batches import Encoded
+from core.finetune.batches import Encoded, pad_id_of
 
 LABELS = "labels.json"  # id2label and the pad token of a saved classifier
 
@@ -78,11 +78,6 @@ def encode_table(table: Table, shape: Shape, tokenizer: Any, labels: list[str], 
         truncated += len(ids) > max_length
         examples.append(LabelledText(ids[:max_length], index[label]))
     return Encoded(examples, truncated, 0)
-
-
-def pad_id_of(tokenizer: Any) -> int:
-    pad = tokenizer.pad_token_id
-    return tokenizer.eos_token_id if pad is None else pad
 
 
 def collate(examples: list[LabelledText], pad_id: int) -> dict:
@@ -184,14 +179,12 @@ def save_labels(folder: Path, model: Any) -> None:
 
 def load_classifier(loaded: Any, folder: Path) -> Any:
     """The classifier a run saved in ``folder`` (its final/), rebuilt on ``loaded``'s base; eval mode."""
-    from safetensors.torch import load_file
-
-    from core.finetune.checkpoints import WEIGHTS
+    from core.finetune import runs  # on first use: runs sits above this module (load_trained calls here)
 
     folder = Path(folder)
     try:
         saved = json.loads((folder / LABELS).read_text(encoding="utf-8"))
-        settings = json.loads((folder / "method.json").read_text(encoding="utf-8"))
+        settings = runs.method_settings(json.loads((folder / "method.json").read_text(encoding="utf-8")))
         labels = [saved["id2label"][str(i)] for i in range(len(saved["id2label"]))]
     except (OSError, ValueError, KeyError) as e:
         raise QuantTuneError(f"{folder} holds no readable classifier ({e}).",
@@ -202,26 +195,7 @@ def load_classifier(loaded: Any, folder: Path) -> Any:
         from peft import PeftModel
 
         return PeftModel.from_pretrained(model, str(folder)).eval()
-    known = {f for f in methods.MethodSettings.__dataclass_fields__}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k in known}
-    model = methods.apply(model, methods.MethodSettings(**values))  # the same structure as trained
-    _load_tensors(model, load_file(str(folder / WEIGHTS)), folder)
-    return model.eval()
-
-
-def _load_tensors(model: Any, tensors: dict, folder: Path) -> None:
-    import torch
-
-    params = dict(model.named_parameters())
-    unknown = [name for name in tensors if name not in params or params[name].shape != tensors[name].shape]
-    if unknown:
-        raise QuantTuneError(
-            f"{folder} was trained on another model ({len(unknown)} tensors do not fit, e.g. {unknown[0]}).",
-            "Load the model the run was trained from.",
-        )
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            params[name].copy_(tensor)
+    return runs.load_tensors(methods.apply(model, settings), folder)  # the same structure as trained
 
 
 # -- use ----------------------------------------------------------------------------------------

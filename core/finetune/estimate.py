@@ -234,6 +234,7 @@ def time_estimate(params: Any, ctx: Any = None) -> TimeEstimate:
     from pathlib import Path
 
     from core.finetune import train
+    from core.finetune.rundata import load_examples
     from core.jobs import JobContext
 
     started, ctx = time.perf_counter(), ctx or JobContext()
@@ -242,12 +243,12 @@ def time_estimate(params: Any, ctx: Any = None) -> TimeEstimate:
     with tempfile.TemporaryDirectory() as tmp:  # the run writes its split there: not into the output
         probe_params = replace(params, output=Path(tmp), resume_from=None)
         if key in _SPEEDS:
-            examples, val = train._load_examples(probe_params, params.loaded.tokenizer)[:2]
+            examples, val = load_examples(probe_params, params.loaded.tokenizer, write_split=False)[:2]
         else:
             import torch
 
             with torch.random.fork_rng():  # the probe's seeding and dropout leave the process's RNG be
-                run = train._setup(probe_params, ctx)
+                run = train.prepare(probe_params, ctx)
                 examples, val = run.train, run.val
                 shape = ModelShape.of(run.model)
                 _SPEEDS[key] = (measure_speed(run, probe_params, shape), shape, run.packed)
@@ -257,22 +258,25 @@ def time_estimate(params: Any, ctx: Any = None) -> TimeEstimate:
 
 
 def measure_speed(run: Any, params: Any, shape: ModelShape) -> Speed:
-    """Time two small real steps of ``run`` (a prepared core.finetune.train run) on its first examples."""
+    """Time two small real steps of ``run`` (a core.finetune.train.RunState from ``train.prepare``) on its
+    first examples."""
     import torch
 
     from core.finetune import train
+    from core.finetune.batches import pad_id_of
+    from core.finetune.compute import batch_loss
+    from core.finetune.rundata import epoch_order
 
-    first = [run.train[i] for i in train.epoch_order(len(run.train), params.seed, 0)[:8]]
+    first = [run.train[i] for i in epoch_order(len(run.train), params.seed, 0)[:8]]
     small = _fitting(first, PROBE_TOKENS // 3, 1)
     large = _fitting(first, PROBE_TOKENS, small + 1)
-    tokenizer = params.loaded.tokenizer
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_of(params.loaded.tokenizer)
     trainables = [p for p in run.model.parameters() if p.requires_grad]
     times = []
     for count in (small, small, large):  # the first pass warms up (kernel choice, allocations)
-        batch = train._batch(run, replace(params, batch_size=count), pad_id)  # as the run builds step 1
+        batch = train.step_batch(run, replace(params, batch_size=count), pad_id)  # as the run builds step 1
         started = _now(batch)
-        train.batch_loss(run.model, batch, run.autocast).backward()
+        batch_loss(run.model, batch, run.autocast).backward()
         computed = _now(batch)
         torch.nn.utils.clip_grad_norm_(trainables, params.max_grad_norm or float("inf"))
         run.optimizer.step()
@@ -316,7 +320,7 @@ def _learnt(examples: list) -> list[int] | None:
 def _price(params: Any, examples: list, val: list, speed: Speed, shape: ModelShape, packed: bool,
            cost: float) -> TimeEstimate:  # fmt: skip
     """Every step of the run (its examples in the run's epoch order), then every evaluation."""
-    from core.finetune import train
+    from core.finetune.rundata import epoch_order
 
     size, rate = params.batch_size, speed.flops_per_second
     per_epoch = -(-len(examples) // size)
@@ -325,7 +329,7 @@ def _price(params: Any, examples: list, val: list, speed: Speed, shape: ModelSha
     for step in range(_resumed_at(params), steps):
         epoch, index = divmod(step, per_epoch)
         if order[0] != epoch:
-            order = (epoch, train.epoch_order(len(examples), params.seed, epoch))
+            order = (epoch, epoch_order(len(examples), params.seed, epoch))
         batch = [examples[i] for i in order[1][index * size : (index + 1) * size]]
         seconds += step_flops(shape, batch, packed) / rate + speed.step_seconds
         tokens += sum(len(e.input_ids) for e in batch)

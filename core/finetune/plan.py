@@ -67,8 +67,9 @@ def run(params: PlanParams, ctx: JobContext) -> Plan:
     method = dataclasses.replace(params.method, method="lora") if qlora else params.method
     if params.task == "classification":
         from core.finetune import classify
+        from core.finetune.batches import pad_id_of
 
-        pad_id = classify.pad_id_of(params.loaded.tokenizer)
+        pad_id = pad_id_of(params.loaded.tokenizer)
         model = classify.build_classifier(params.loaded.model, _labels(params), pad_id)
     else:
         model = copy.deepcopy(params.loaded.model)

@@ -221,14 +221,25 @@ def load_trained(loaded: Any, folder: Path) -> Any:
         from peft import PeftModel
 
         return PeftModel.from_pretrained(base, str(folder)).eval()
+    return load_tensors(methods.apply(base, settings), folder)  # the structure it was trained in
+
+
+def load_tensors(model: Any, folder: Path) -> Any:
+    """The trained tensors a run saved in ``folder`` (its final/) copied into ``model``, which has the
+    structure they were trained in (the method applied); returns ``model`` in eval mode."""
+    import torch
     from safetensors.torch import load_file
 
-    model = methods.apply(base, settings)  # the structure it was trained in, then its tensors
+    tensors = load_file(str(Path(folder) / WEIGHTS))
     params = dict(model.named_parameters())
-    import torch
-
+    unknown = [name for name in tensors if name not in params or params[name].shape != tensors[name].shape]
+    if unknown:
+        raise QuantTuneError(
+            f"{folder} was trained on another model ({len(unknown)} tensors do not fit, e.g. {unknown[0]}).",
+            "Load the model the run was trained from.",
+        )
     with torch.no_grad():
-        for name, tensor in load_file(str(folder / WEIGHTS)).items():
+        for name, tensor in tensors.items():
             params[name].copy_(tensor)
     return model.eval()
 

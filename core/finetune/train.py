@@ -1,9 +1,10 @@
 """The Train step: ``run(params, ctx) -> TrainReport``, a plain PyTorch loop read top to bottom.
 
-setup (copy the model, apply the method, encode and split the data) → loop (AdamW over the
-trainable parameters, linear warmup then linear decay, clipping, evaluation, checkpoints, early
-stopping) → save (the adapter or the trained tensors in ``output/final``; with ``save_merged`` also
-the merged model in ``output/final/merged``, loadable with transformers alone).
+setup (encode and split the data: ``rundata``; copy the model, apply the method) → loop (AdamW over
+the trainable parameters, linear warmup then linear decay, clipping, evaluation, checkpoints, early
+stopping; the loss as ``compute`` takes it) → save (``saving``: the adapter or the trained tensors in
+``output/final``; with ``save_merged`` also the merged model in ``output/final/merged``, loadable with
+transformers alone).
 
 A hand-written loop rather than transformers' Trainer: resuming must reproduce a straight run
 bit for bit (data order, RNG, optimizer), checkpoints must hold only the trainable tensors in
@@ -15,38 +16,27 @@ torch is imported on first use: the window builds ``TrainParams`` on the GUI thr
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 import time
-from dataclasses import asdict, astuple, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from core.atomic import staged_dir, write_json
-from core.data.formats import Shape, Table, detect_shape, read_rows, validate_rows
-from core.data.splits import Split, split_rows
 from core.errors import Cancelled, QuantTuneError
-from core.finetune import classify, methods
-from core.finetune.batches import Example, collate, encode_table, pack
+from core.finetune import classify, compute, methods, saving
+from core.finetune.batches import Example, collate, pack, pad_id_of
 from core.finetune.checkpoints import (
     STATE,
-    WEIGHTS,
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints_after,
     save_checkpoint,
-    trainable_tensors,
 )
+from core.finetune.rundata import data_fingerprint, epoch_order, load_examples
 from core.finetune.runlog import MetricsLog
 from core.jobs import JobContext
 
-if TYPE_CHECKING:
-    pass
-
 TASKS = ("instruction", "causal_lm", "classification")
-SPLIT = "split.json"  # which rows of the file went to train, validation and test
-MERGED = "merged"  # in final/: the model with the adapter folded in (TrainParams.save_merged)
 AUTOCAST = ("off", "bf16", "auto")
 
 
@@ -91,7 +81,7 @@ class TrainParams:
             problems.append("feature extraction trains a classification head: choose the classification task")
         if self.labels and len(set(self.labels)) < 2:
             problems.append("a classifier needs at least two labels")
-        if self.save_merged and (why := merge_problem(self.method)):
+        if self.save_merged and (why := saving.merge_problem(self.method)):
             problems.append(why + ": save the adapter alone (turn off saving a merged model)")
         if self.max_length < 8:
             problems.append("the maximum length is at least 8 tokens")
@@ -160,64 +150,6 @@ def _finite_or_none(value: float | None) -> float | None:
 
 
 # -- setup ----------------------------------------------------------------------------------------
-def _load_examples(
-    params: TrainParams, tokenizer: Any
-) -> tuple[list[Example], list[Example], int, list[str]]:
-    """Training and validation examples, rows cut to the maximum length, and the class labels (or [])."""
-    table = read_rows(params.dataset)
-    shape = detect_shape(table.columns, table.head(20))
-    if params.columns:
-        shape = shape.mapped(dict(params.columns))
-    if not shape.recognised:
-        raise QuantTuneError(
-            f"QuantTune does not recognise the columns of {Path(params.dataset).name}.",
-            "Map the columns to roles (e.g. instruction and output, or text).",
-        )
-    known = (params.labels or None) if params.task == "classification" else None
-    problems = [p for p in validate_rows(table, shape, labels=known) if p.row is not None]
-    bad = {p.row - 1 for p in problems}  # the problems count rows from 1
-    if bad and not params.drop_bad_rows:
-        raise QuantTuneError(
-            f"{len(bad)} row(s) of the data have problems, the first: {problems[0].message}.",
-            "Drop the rows with problems (the Fine-tuning method step lists them), or fix the mapping.",
-        )
-    split = data_split(params, table, shape, bad)
-    write_json(Path(params.output) / SPLIT, {"dataset": str(params.dataset), **split.to_dict()})
-    labels = []
-    if params.task == "classification":
-        labels = sorted(set(params.labels)) or classify.label_names(table, shape, bad)
-        encoded = [classify.encode_table(table.subset(rows), shape, tokenizer, labels, params.max_length)
-                   for rows in (split.train, split.validation)]  # fmt: skip
-    else:
-        encoded = [encode_table(table.subset(rows), shape, tokenizer, params.task, params.max_length)
-                   for rows in (split.train, split.validation)]  # fmt: skip
-    train, val = encoded[0].examples, encoded[1].examples
-    if not train:
-        dropped = encoded[0].dropped
-        cut = f" ({dropped} lost their whole answer to the maximum length)" if dropped else ""
-        raise QuantTuneError(
-            f"No rows are left to train on{cut}.",
-            "Raise the maximum length, add rows, or lower the validation and test shares.",
-        )
-    return train, val, encoded[0].truncated + encoded[1].truncated, labels
-
-
-def data_split(params: TrainParams, table: Table, shape: Shape, bad: set[int]) -> Split:
-    """The rows of each part (indices into the file), bad rows left out, labels stratified."""
-    keep = [i for i in range(len(table)) if i not in bad]
-    label_column = shape.mapping.get("label") if params.task == "classification" else None
-    labels = table.dataset.select(keep)[label_column] if label_column else None
-    split = split_rows(len(keep), params.seed, params.validation_ratio, params.test_ratio, labels)
-    return Split(*([keep[i] for i in part] for part in (split.train, split.validation, split.test)))
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The shuffled row order of one epoch: a function of seed and epoch, so a resume can rebuild it."""
-    import torch
-
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch + 1)).tolist()
-
-
 def _schedule(warmup: int, total: int):
     def factor(step: int) -> float:
         if step < warmup:
@@ -228,7 +160,7 @@ def _schedule(warmup: int, total: int):
 
 
 @dataclass
-class _Run:
+class RunState:
     """What the loop carries: the model, its optimizer and the progress to checkpoint."""
 
     model: Any
@@ -259,16 +191,17 @@ class _Run:
                 "order": epoch_order(len(self.train), seed, epoch)}  # fmt: skip
 
 
-def _setup(params: TrainParams, ctx: JobContext) -> _Run:
+def prepare(params: TrainParams, ctx: JobContext) -> RunState:
+    """The run at its first step (or at ``resume_from``'s): the data encoded and split (the split
+    written to the output folder), the method applied to a copy of the model, the optimizer."""
     import torch
 
     ctx.stage("Preparing the data")
     tokenizer = params.loaded.tokenizer
-    train, val, truncated, labels = _load_examples(params, tokenizer)
+    train, val, truncated, labels = load_examples(params, tokenizer)
     ctx.stage("Preparing the model")
     if labels:  # classification: a new head on a copy of the base
-        pad_id = classify.pad_id_of(tokenizer)
-        base = classify.build_classifier(params.loaded.model, labels, pad_id, params.seed)
+        base = classify.build_classifier(params.loaded.model, labels, pad_id_of(tokenizer), params.seed)
     else:  # QLoRA quantizes the loaded model into a new one: a float copy would only take memory
         own = methods.METHODS[params.method.method].builds_own_model
         base = params.loaded.model if own else copy.deepcopy(params.loaded.model)
@@ -284,48 +217,15 @@ def _setup(params: TrainParams, ctx: JobContext) -> _Run:
     per_epoch = math.ceil(len(train) / params.batch_size)
     total = params.max_steps or per_epoch * params.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(params.warmup_steps, total))
-    run = _Run(model, optimizer, scheduler, train, val, total, per_epoch, truncated=truncated,
-               fingerprint=data_fingerprint(train))  # fmt: skip
-    run.packed, run.autocast = can_pack(params, model), autocast_dtype(params.autocast, model)
+    run = RunState(model, optimizer, scheduler, train, val, total, per_epoch, truncated=truncated,
+                   fingerprint=data_fingerprint(train))  # fmt: skip
+    run.packed, run.autocast = compute.can_pack(params, model), compute.autocast_dtype(params.autocast, model)
     if params.resume_from is not None:
         _resume(run, params)
     return run
 
 
-def can_pack(params: TrainParams, model: Any) -> bool:
-    """Packing needs one causal LM reading real tokens only: no classifier, no virtual tokens."""
-    config = getattr(model, "active_peft_config", None)  # prefix, prompt and P-tuning add tokens
-    return (
-        params.pack
-        and params.task in ("instruction", "causal_lm")
-        and not getattr(config, "is_prompt_learning", False)
-    )
-
-
-def autocast_dtype(setting: str, model: Any) -> Any:
-    """bf16 when asked for, or with "auto" where the hardware multiplies bf16 natively; else None."""
-    import torch
-
-    device = next(model.parameters()).device
-    if setting == "bf16" or (setting == "auto" and bf16_native(device)):
-        return torch.bfloat16
-    return None
-
-
-def bf16_native(device: Any) -> bool:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":  # private probes, present since torch 2.1; without them: no autocast
-        probes = [
-            getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        ]
-        return any(probe is not None and probe() for probe in probes)
-    return False
-
-
-def _resume(run: _Run, params: TrainParams) -> None:
+def _resume(run: RunState, params: TrainParams) -> None:
     state = load_checkpoint(Path(params.resume_from), run.model, run.optimizer, run.scheduler)
     if state["data"] != run.fingerprint or state["order"] != epoch_order(
         len(run.train), params.seed, state["epoch"]
@@ -350,52 +250,24 @@ def _resume(run: _Run, params: TrainParams) -> None:
     run.bad_evals, run.tokens, run.seconds = state["bad_evals"], state["tokens"], state["seconds"]
 
 
-def data_fingerprint(examples: list[Example]) -> str:
-    digest = hashlib.sha256()
-    for e in examples:
-        digest.update(json.dumps(astuple(e)).encode())  # ids and labels, or ids and class
-    return digest.hexdigest()[:16]
-
-
 # -- the loop -------------------------------------------------------------------------------------
-def _batch(run: _Run, params: TrainParams, pad_id: int) -> dict:
+def step_batch(run: RunState, params: TrainParams, pad_id: int) -> dict:
+    """The batch of the run's next step: its rows in the epoch's order, packed or padded, on the device."""
     epoch, index = divmod(run.step, run.per_epoch)
     order = epoch_order(len(run.train), params.seed, epoch)
     rows = order[index * params.batch_size : (index + 1) * params.batch_size]
     examples = [run.train[i] for i in rows]
     if run.packed:
-        return _on_device(pack(examples, pad_id), run.model)
+        return compute.on_device(pack(examples, pad_id), run.model)
     pad = classify.collate if params.task == "classification" else collate
-    return _on_device(pad(examples, pad_id), run.model)
+    return compute.on_device(pad(examples, pad_id), run.model)
 
 
-def _on_device(batch: dict, model: Any) -> dict:
-    device = next(model.parameters()).device
-    return {name: tensor.to(device) for name, tensor in batch.items()}
-
-
-def batch_loss(model: Any, batch: dict, autocast: Any = None) -> Any:
-    """The mean loss per learnt token; a packed batch brings its own targets (see batches.pack)."""
-    import contextlib
-
-    import torch
-
-    device = next(model.parameters()).device.type
-    precision = torch.autocast(device, dtype=autocast) if autocast is not None else contextlib.nullcontext()
-    with precision:
-        if "targets" not in batch:
-            return model(**batch).loss
-        # no cache: with one, transformers takes the restarting positions for decoding, not packing
-        inputs = {k: v for k, v in batch.items() if k not in ("targets", "real_tokens")}
-        logits = model(**inputs, use_cache=False).logits
-        return torch.nn.functional.cross_entropy(logits.float(), batch["targets"])
-
-
-def _train_step(run: _Run, params: TrainParams, batch: dict) -> tuple[float, float, float]:
+def _train_step(run: RunState, params: TrainParams, batch: dict) -> tuple[float, float, float]:
     import torch
 
     step = run.step + 1
-    loss = batch_loss(run.model, batch, run.autocast)
+    loss = compute.batch_loss(run.model, batch, run.autocast)
     if not torch.isfinite(loss):
         raise _diverged(step, f"the loss became {loss.item()}", params)
     loss.backward()
@@ -419,26 +291,7 @@ def _diverged(step: int, what: str, params: TrainParams) -> QuantTuneError:
     )
 
 
-def evaluate(model: Any, examples: list[Example], batch_size: int, pad_id: int, ctx: JobContext) -> float:
-    """Mean loss per answer token over ``examples``."""
-    import torch
-
-    model.eval()  # no dropout: validation loss is exact, and draws nothing from the RNG
-    total, count = 0.0, 0
-    try:
-        with torch.no_grad():
-            for start in range(0, len(examples), batch_size):
-                ctx.check_cancelled()
-                batch = _on_device(collate(examples[start : start + batch_size], pad_id), model)
-                tokens = int((batch["labels"][:, 1:] != -100).sum())
-                total += model(**batch).loss.item() * tokens
-                count += tokens
-    finally:
-        model.train()
-    return total / max(1, count)
-
-
-def _checkpoint(run: _Run, params: TrainParams) -> None:
+def _checkpoint(run: RunState, params: TrainParams) -> None:
     folder = Path(params.output) / "checkpoints" / f"step-{run.step}"
     save_checkpoint(
         folder,
@@ -450,7 +303,7 @@ def _checkpoint(run: _Run, params: TrainParams) -> None:
     run.saved_at = run.step
 
 
-def _evaluate_and_stop(run: _Run, params: TrainParams, ctx: JobContext, pad_id: int) -> bool:
+def _evaluate_and_stop(run: RunState, params: TrainParams, ctx: JobContext, pad_id: int) -> bool:
     """Evaluate when due; True when early stopping says to stop."""
     due = (params.eval_every and run.step % params.eval_every == 0) or run.step == run.total_steps
     if not run.val or not due:
@@ -459,7 +312,7 @@ def _evaluate_and_stop(run: _Run, params: TrainParams, ctx: JobContext, pad_id: 
         val_loss, accuracy = classify.evaluate(run.model, run.val, params.batch_size, ctx)
         _report(run, ctx, {"val_loss": val_loss, "val_accuracy": accuracy})
     else:
-        val_loss = evaluate(run.model, run.val, params.batch_size, pad_id, ctx)
+        val_loss = compute.evaluate(run.model, run.val, params.batch_size, pad_id, ctx)
         _report(run, ctx, {"val_loss": val_loss})
     if run.best_val is None or val_loss < run.best_val:
         run.best_val, run.bad_evals = val_loss, 0
@@ -468,10 +321,9 @@ def _evaluate_and_stop(run: _Run, params: TrainParams, ctx: JobContext, pad_id: 
     return 0 < params.early_stopping_patience <= run.bad_evals
 
 
-def _loop(run: _Run, params: TrainParams, ctx: JobContext) -> bool:
+def _loop(run: RunState, params: TrainParams, ctx: JobContext) -> bool:
     """Train until the last step (or early stop: returns True); on cancel checkpoint, then raise."""
-    pad_id = params.loaded.tokenizer.pad_token_id
-    pad_id = params.loaded.tokenizer.eos_token_id if pad_id is None else pad_id
+    pad_id = pad_id_of(params.loaded.tokenizer)
     ctx.stage("Training")
     while run.step < run.total_steps:
         try:  # a cancel arrives between steps (or during evaluation), so run.step is always complete
@@ -489,7 +341,7 @@ def _loop(run: _Run, params: TrainParams, ctx: JobContext) -> bool:
     return False
 
 
-def _report(run: _Run, ctx: JobContext, values: dict[str, float]) -> None:
+def _report(run: RunState, ctx: JobContext, values: dict[str, float]) -> None:
     """Each metric to the window (or CLI) and, as one line for this step, to the run's log."""
     for name, value in values.items():
         ctx.metric(name, value, run.step)
@@ -497,8 +349,8 @@ def _report(run: _Run, ctx: JobContext, values: dict[str, float]) -> None:
         run.log.write(run.step, values)
 
 
-def _one_step(run: _Run, params: TrainParams, ctx: JobContext, pad_id: int) -> None:
-    batch = _batch(run, params, pad_id)
+def _one_step(run: RunState, params: TrainParams, ctx: JobContext, pad_id: int) -> None:
+    batch = step_batch(run, params, pad_id)
     started = time.perf_counter()
     loss, grad_norm, lr = _train_step(run, params, batch)
     elapsed = time.perf_counter() - started
@@ -512,63 +364,10 @@ def _one_step(run: _Run, params: TrainParams, ctx: JobContext, pad_id: int) -> N
     _report(run, ctx, {**values, **(method_metrics(run.model) if method_metrics else {})})
 
 
-# -- save and run ---------------------------------------------------------------------------------
-def save_final(
-    model: Any, settings: methods.MethodSettings, folder: Path, *, merged: bool = False, tokenizer: Any = None
-) -> Path:
-    """The adapter (peft methods) or the trained tensors (freezing methods), with the method settings;
-    with ``merged`` also ``merged/``: the whole model, adapter folded in, as a plain transformers folder
-    (weights, config, and ``tokenizer`` when given)."""
-    from safetensors.torch import save_file
-
-    if merged and (why := merge_problem(settings)):
-        raise QuantTuneError(why + ".", "Save the adapter alone: turn off saving a merged model.")
-    with staged_dir(folder) as tmp:
-        from peft import PeftModel
-
-        if isinstance(model, PeftModel):
-            model.save_pretrained(tmp)  # adapter_model.safetensors + adapter_config.json
-        # every trained tensor by its name in the trained model: what QuantTune reloads exactly (QAT's
-        # scales and QLoRA's adapter on its 4-bit base too, which peft's adapter alone cannot rebuild)
-        save_file(trainable_tensors(model), str(tmp / WEIGHTS))
-        write_json(tmp / "method.json", asdict(settings))
-        if classify.is_classifier(model):
-            classify.save_labels(tmp, model)  # with the head's tensors: all a reload needs
-        if merged:
-            save_merged(model, tokenizer, tmp / MERGED)
-    return folder
-
-
-def merge_problem(settings: methods.MethodSettings) -> str | None:
-    method = methods.METHODS.get(settings.method)
-    if method is None or method.mergeable:
-        return None
-    if settings.method == "qat":
-        return ("quantization-aware training saves the model as integers with its learned scales "
-                "(output/quantized), not as a merged float model")  # fmt: skip
-    return (f"{method.title} cannot be merged into the model's weights: it adds virtual tokens or layers "
-            "that a plain transformers model does not have")  # fmt: skip
-
-
-def save_merged(model: Any, tokenizer: Any, folder: Path) -> None:
-    """``model`` with its adapter folded into the weights (peft's merge, on a copy: the trained model
-    stays as it is), or the whole trained model (freezing methods), saved for transformers alone."""
-    from peft import PeftModel
-
-    from core.finetune import qlora
-
-    if isinstance(model, PeftModel) and qlora.is_quantized(model):
-        model = qlora.merged_float_model(model)  # into the decoded 4-bit weights, kept in float32
-    elif isinstance(model, PeftModel):
-        model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(folder)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
-
-
+# -- run ------------------------------------------------------------------------------------------
 def run(params: TrainParams, ctx: JobContext) -> TrainReport:
     started = time.monotonic()
-    run_state = _setup(params, ctx)
+    run_state = prepare(params, ctx)
     if params.resume_from is not None:  # a later history (a resume from an earlier checkpoint) is over
         prune_checkpoints_after(Path(params.output), run_state.step)
     run_state.log = MetricsLog(params.output, keep_until=run_state.step)
@@ -579,8 +378,8 @@ def run(params: TrainParams, ctx: JobContext) -> TrainReport:
     ctx.stage("Saving")
     if run_state.saved_at != run_state.step:
         _checkpoint(run_state, params)
-    save_final(run_state.model, params.method, Path(params.output) / "final", merged=params.save_merged,
-               tokenizer=params.loaded.tokenizer)  # fmt: skip
+    saving.save_final(run_state.model, params.method, Path(params.output) / "final",
+                      merged=params.save_merged, tokenizer=params.loaded.tokenizer)  # fmt: skip
     qat_result = None
     if params.method.method == "qat":  # the real integer model with the learned S and Z, against PTQ
         from core.finetune import qat

@@ -10,6 +10,8 @@ import pytest
 
 from core import cli, project
 from core.finetune.checkpoints import list_checkpoints
+from core.finetune.methods import MethodSettings
+from core.finetune.runlog import read_metrics
 from core.models.sources import ModelRef
 
 QUESTIONS = [("What is the capital of France?", "Paris."), ("What does fine-tuning do?", "It adapts them.")]
@@ -49,6 +51,41 @@ def test_a_run_from_flags_prints_a_line_per_step(capsys, tiny_model_dir, dataset
     assert "val_loss" in lines[-1]  # the validation at the end
     assert f"saved to {out_dir / 'final'}" in out
     assert json.loads((out_dir / "final/method.json").read_text())["rank"] == 4
+
+
+def test_a_run_from_flags_alone_trains_with_a_projects_defaults(capsys, tiny_model_dir, dataset, tmp_path):
+    defaults, out_dir = project.FinetuneSettings(), tmp_path / "run"
+    steps = defaults.save_every + 2
+    code, out, err = train(capsys, "--model", str(tiny_model_dir), "--dataset", str(dataset),
+                           "--output", str(out_dir), "--max-steps", str(steps), "--batch-size", "1",
+                           "--max-length", "32", "--json")  # fmt: skip
+    assert code == 0, err
+    # a crash after the default interval keeps a checkpoint; validation comes every eval_every steps
+    assert [c[0] for c in list_checkpoints(out_dir)] == [defaults.save_every, steps]
+    validated = [r["step"] for r in read_metrics(out_dir) if r.get("val_loss") is not None]
+    assert validated == [*range(defaults.eval_every, steps, defaults.eval_every), steps]
+    split = json.loads((out_dir / "split.json").read_text(encoding="utf-8"))
+    test, trained = set(split["test"]), set(split["train"])
+    assert len(test) == round(24 * defaults.test_ratio) and not test & trained
+    assert json.loads((out_dir / "final/method.json").read_text())["rank"] == MethodSettings().rank
+
+
+ROWS = {  # a small file of each task that trains as instructions
+    "qa": lambda i: {"question": f"Which planet is number {i}?", "context": f"Planet {i} is blue.",
+                     "answer": f"Planet {i}"},
+    "summarization": lambda i: {"document": f"Meeting {i}. Ana will send the notes by Monday.",
+                                "summary": "Ana sends the notes."},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("task", ROWS)
+def test_qa_and_summaries_train_as_instructions(capsys, tiny_model_dir, tmp_path, task):
+    data, run = tmp_path / f"{task}.jsonl", tmp_path / "run"
+    data.write_text("".join(json.dumps(ROWS[task](i)) + "\n" for i in range(20)), encoding="utf-8")
+    code, out, err = train(capsys, "--model", str(tiny_model_dir), "--dataset", str(data), "--task", task,
+                           "--output", str(run), "--max-steps", "2", "--json", *SMALL)  # fmt: skip
+    assert code == 0, err
+    assert events(out)[-1]["steps"] == 2 and (run / "final/method.json").is_file()
 
 
 @pytest.mark.parametrize("suffix", [".toml", ".json"])
@@ -134,7 +171,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_latest_goes_on(capsys, monkeypatch
     assert steps_of(found) == [3, 4] and found[-1]["steps"] == 4 and len(found[-1]["losses"]) == 4
 
 
-def test_a_project_run_goes_to_its_artifacts_and_resumes_there(capsys, tiny_model_dir, dataset):
+def test_a_project_run_goes_to_its_artifacts_and_resumes_there(capsys, tiny_model_dir, tiny_copy, dataset):
     p = project.create_project("Units demo")  # under this test's QuantTune home
     p.load.model = ModelRef("folder", str(tiny_model_dir), "tiny").to_dict()
     p.finetune.dataset, p.finetune.max_length, p.finetune.max_steps = str(dataset), 64, 2
@@ -153,6 +190,9 @@ def test_a_project_run_goes_to_its_artifacts_and_resumes_there(capsys, tiny_mode
     assert steps_of(events(out)) == [3] and list((p.artifacts / "train").iterdir()) == runs
     again = project.load_project(p.folder)
     assert len(again.train_runs) == 1 and again.train_runs[0]["summary"]["steps"] == 3
+    code, _, err = train(capsys, *resume, "--model", str(tiny_copy))  # only the model it trained resumes it
+    assert code == 1 and "This run trained tiny" in err
+    assert project.load_project(p.folder).train_runs == again.train_runs  # nothing recorded
     code, _, err = train(capsys, "--project", str(p.folder), "--output", str(runs[0]))
     assert code == 1 and "Leave out --output" in err
     code, _, err = train(capsys, "--project", "no such project")
@@ -166,4 +206,17 @@ def test_estimate_only(capsys, tiny_model_dir, dataset, tmp_path):
     result = events(out)[-1]
     assert result["event"] == "result" and result["steps"] == 5
     assert result["seconds"] > 0 and result["peak_memory_bytes"] > 0 and result["fits"] is True
+    assert 0 < result["trainable_parameters"] < result["total_parameters"]  # LoRA: the adapters train
+    parts = ("weights", "gradients", "optimizer", "activations")
+    assert result["peak_memory_bytes"] == sum(result[f"{p}_bytes"] for p in parts)
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+    checkpointed = [*args, "--max-steps", "5", "--estimate", "--gradient-checkpointing", *SMALL]
+    code, out, err = train(capsys, *checkpointed)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert any(line.startswith("trains ") and "parameters" in line for line in lines)
+    memory = next(line for line in lines if line.startswith("peak memory about"))
+    assert all(p in memory for p in parts) and memory.endswith(": fits")
+    assert any(line.startswith("time about") and "for 5 steps" in line for line in lines)
+    code, out, err = train(capsys, *checkpointed, "--json")
+    assert events(out)[-1]["activations_bytes"] < result["activations_bytes"]  # as the window counts it

@@ -1,13 +1,11 @@
 """Bottleneck adapters on the tiny model: unchanged at the start, the expected size, learning,
 and a saved run that loads back into a fresh copy of the model."""
 
-import copy
-
 import pytest
 import torch
 
 from core.errors import QuantTuneError
-from core.finetune import adapters, methods, train
+from core.finetune import adapters, methods, runs, train
 from core.finetune.methods import MethodSettings
 from core.jobs import JobContext
 from tests.core.test_finetune_train import write_alpaca
@@ -64,14 +62,15 @@ def test_a_trained_run_loads_back_into_a_fresh_copy(tiny_loaded, tiny_tokenizer,
                           max_length=64, validation_ratio=0.0, learning_rate=1e-2, max_steps=6)  # fmt: skip
     report = train.run(p, JobContext())
     assert report.losses[-1] < report.losses[0]
-    fresh = adapters.load_adapters(copy.deepcopy(tiny_loaded.model), tmp_path / "out/final")
+    fresh = runs.load_trained(tiny_loaded, tmp_path / "out/final")  # method.json + trainable.safetensors
     ids = torch.tensor([tiny_tokenizer.encode(TEXT)])
     with torch.no_grad():
         trained = report.model.eval()(input_ids=ids).logits
         assert not torch.equal(trained, tiny_loaded.model(input_ids=ids).logits)  # it did learn
         assert torch.equal(fresh(input_ids=ids).logits, trained)
-    with pytest.raises(QuantTuneError, match="bottleneck adapters"):
-        adapters.load_adapters(copy.deepcopy(tiny_loaded.model), tmp_path)  # not a final folder
+    assert not hasattr(tiny_loaded.model.model.layers[0], "adapter")  # the loaded model stays as it was
+    with pytest.raises(QuantTuneError, match="no readable trained model"):
+        runs.load_trained(tiny_loaded, tmp_path)  # not a final folder
 
 
 def test_a_model_without_decoder_blocks_is_refused(model):

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from core.errors import QuantTuneError
-from core.finetune import classify, methods, train
+from core.finetune import classify, methods, rundata, train
+from core.finetune.checkpoints import WEIGHTS
 from core.finetune.methods import MethodSettings
 from core.jobs import JobContext
 
@@ -79,7 +80,7 @@ def test_feature_extraction_trains_only_the_head_and_learns(tiny_loaded, labelle
     assert report.losses[-1] < report.losses[0] - 0.3, report.losses
     accuracy = metrics(events, "val_accuracy")
     assert len(accuracy) == len(metrics(events, "val_loss")) == 3 and accuracy[-1] == 1.0
-    saved = load_file(tmp_path / "out/final" / train.WEIGHTS)
+    saved = load_file(tmp_path / "out/final" / WEIGHTS)
     assert list(saved) == ["score.weight"] and saved["score.weight"].shape == (3, hidden)
     labels = json.loads((tmp_path / "out/final" / classify.LABELS).read_text())["id2label"]
     assert labels == {"0": "food", "1": "geography", "2": "quantization"}  # sorted
@@ -113,18 +114,18 @@ def test_a_resumed_classifier_continues_bit_for_bit(tiny_loaded, labelled, tmp_p
         params(tiny_loaded, labelled, tmp_path / "a", max_steps=6, save_every=3), JobContext()
     )
     step3 = tmp_path / "a/checkpoints/step-3"
-    assert list(load_file(step3 / train.WEIGHTS)) == ["score.weight"]
+    assert list(load_file(step3 / WEIGHTS)) == ["score.weight"]
     resumed = train.run(params(tiny_loaded, labelled, tmp_path / "b", max_steps=6, resume_from=step3),
                         JobContext())  # fmt: skip
     assert resumed.losses == straight.losses
-    a, b = (load_file(tmp_path / f"{x}/final" / train.WEIGHTS)["score.weight"] for x in "ab")
+    a, b = (load_file(tmp_path / f"{x}/final" / WEIGHTS)["score.weight"] for x in "ab")
     assert torch.equal(a, b)
 
 
 def test_the_split_is_stratified_by_label(tiny_loaded, tmp_path):
     data = write_labelled(tmp_path / "labelled.csv", per_label=10)
     train.run(params(tiny_loaded, data, tmp_path / "out", max_steps=1, test_ratio=0.2), JobContext())
-    split = json.loads((tmp_path / "out" / train.SPLIT).read_text())
+    split = json.loads((tmp_path / "out" / rundata.SPLIT).read_text())
     with data.open(encoding="utf-8") as f:
         labels = [row["label"] for row in csv.DictReader(f)]
     for part, per_label in (("train", 6), ("validation", 2), ("test", 2)):

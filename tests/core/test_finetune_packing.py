@@ -3,12 +3,14 @@ examples, resume bit for bit) and bf16 autocast."""
 
 import copy
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.finetune import batches, methods, train
+from core.finetune import batches, compute, methods, train
+from core.finetune.checkpoints import WEIGHTS
 from core.finetune.methods import MethodSettings
 from core.jobs import JobContext
 
@@ -50,7 +52,7 @@ def test_a_packed_batch_has_the_padded_batch_s_loss_and_gradients(lora, examples
     assert int(packed["real_tokens"]) == int(padded["attention_mask"].sum()) < padded["input_ids"].numel()
     grads = []
     for batch in (padded, packed):
-        loss = train.batch_loss(lora, batch)
+        loss = compute.batch_loss(lora, batch)
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in lora.named_parameters() if p.requires_grad})
         lora.zero_grad()
@@ -78,15 +80,14 @@ def test_the_learnt_positions_are_the_next_tokens_of_each_answer(examples):
 def test_which_runs_pack_and_autocast(tiny_loaded, tmp_path):
     p = train.TrainParams(loaded=tiny_loaded, dataset=tmp_path, output=tmp_path, pack=True)
     model = tiny_loaded.model
-    assert train.can_pack(p, model)
-    assert not train.can_pack(train.TrainParams(loaded=tiny_loaded, dataset=tmp_path, output=tmp_path), model)
+    assert compute.can_pack(p, model)
+    assert not compute.can_pack(replace(p, pack=False), model)
     prompt = methods.apply(copy.deepcopy(model), MethodSettings("prompt", virtual_tokens=2))
-    assert not train.can_pack(p, prompt)  # virtual tokens shift every position
-    assert (
-        train.autocast_dtype("off", model) is None and train.autocast_dtype("bf16", model) is torch.bfloat16
-    )
-    native = train.bf16_native(torch.device("cpu"))
-    assert train.autocast_dtype("auto", model) is (torch.bfloat16 if native else None)
+    assert not compute.can_pack(p, prompt)  # virtual tokens shift every position
+    assert compute.autocast_dtype("off", model) is None
+    assert compute.autocast_dtype("bf16", model) is torch.bfloat16
+    native = compute.bf16_native(torch.device("cpu"))
+    assert compute.autocast_dtype("auto", model) is (torch.bfloat16 if native else None)
     bad = train.TrainParams(loaded=tiny_loaded, dataset=tmp_path, output=tmp_path, autocast="fp8")
     assert any("autocast" in problem for problem in bad.validate())
 
@@ -97,7 +98,7 @@ def test_bf16_autocast_computes_in_bf16_and_keeps_the_loss_close(lora, examples)
     hook = lora.base_model.model.model.layers[0].mlp.down_proj.register_forward_hook(
         lambda _m, _i, out: seen.append(out.dtype)
     )
-    full, half = train.batch_loss(lora, batch), train.batch_loss(lora, batch, torch.bfloat16)
+    full, half = compute.batch_loss(lora, batch), compute.batch_loss(lora, batch, torch.bfloat16)
     hook.remove()
     assert seen == [torch.float32, torch.bfloat16] and half.dtype == torch.float32
     assert half.item() == pytest.approx(full.item(), rel=0.02)
@@ -124,6 +125,6 @@ def test_a_packed_bf16_run_learns_and_resumes_bit_for_bit(tiny_loaded, tmp_path)
     assert len(counted) == 6 and straight.tokens_per_second > 0
     resumed = train.run(params(tmp_path / "b", resume_from=tmp_path / "a/checkpoints/step-3"), JobContext())
     assert resumed.losses == straight.losses
-    a = load_file(tmp_path / "a/checkpoints/step-6" / train.WEIGHTS)
-    b = load_file(tmp_path / "b/checkpoints/step-6" / train.WEIGHTS)
+    a = load_file(tmp_path / "a/checkpoints/step-6" / WEIGHTS)
+    b = load_file(tmp_path / "b/checkpoints/step-6" / WEIGHTS)
     assert a and all(torch.equal(a[k], b[k]) for k in a)

@@ -14,6 +14,7 @@ from transformers import LlamaForSequenceClassification
 
 from core.errors import QuantTuneError
 from core.finetune import qat, train
+from core.finetune.checkpoints import WEIGHTS
 from core.finetune.methods import MethodSettings
 from core.jobs import JobContext
 from core.models import loading
@@ -248,8 +249,8 @@ def test_resume_continues_scales_and_averages_bit_for_bit(tiny_loaded, tmp_path,
         JobContext(),
     )
     assert resumed.losses == straight.losses
-    a = load_file(tmp_path / "a/checkpoints/step-6" / train.WEIGHTS)
-    b = load_file(tmp_path / "b/checkpoints/step-6" / train.WEIGHTS)
+    a = load_file(tmp_path / "a/checkpoints/step-6" / WEIGHTS)
+    b = load_file(tmp_path / "b/checkpoints/step-6" / WEIGHTS)
     state = [k for k in a if k.endswith((".observed_lo", ".observed_hi", ".scale", ".zero"))]
     assert len(state) == 2 * LAYERS and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

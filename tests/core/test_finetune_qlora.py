@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.finetune import methods, train
+from core.finetune.checkpoints import WEIGHTS
 from core.finetune.methods import MethodSettings
 from core.jobs import JobContext
 from core.quant import bnb
@@ -92,7 +93,7 @@ def test_a_qlora_run_resumes_bit_for_bit_and_saves_a_peft_adapter(tiny_loaded, t
     resumed = train.run(params(tmp_path / "b", eval_every=1, resume_from=step2), JobContext())
     assert resumed.losses == straight.losses and resumed.steps == 4
     assert resumed.best_validation_loss == straight.best_validation_loss is not None
-    a, b = (load_file(tmp_path / run / "checkpoints/step-4" / train.WEIGHTS) for run in "ab")
+    a, b = (load_file(tmp_path / run / "checkpoints/step-4" / WEIGHTS) for run in "ab")
     assert a and all(".lora_" in name for name in a)  # a checkpoint holds the LoRA tensors only
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     final = tmp_path / "a/final"

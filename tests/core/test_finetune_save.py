@@ -9,7 +9,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.errors import QuantTuneError
-from core.finetune import train
+from core.finetune import saving, train
 from core.finetune.methods import MethodSettings
 from core.jobs import JobContext
 from tests.core.test_finetune_train import write_alpaca
@@ -45,21 +45,21 @@ def test_the_adapter_loads_with_plain_peft_and_the_merged_model_with_transformer
     assert not torch.allclose(expected, logits(tiny_loaded.model, tokenizer))  # training changed it
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert torch.equal(logits(PeftModel.from_pretrained(base, final), tokenizer), expected)
-    merged = AutoModelForCausalLM.from_pretrained(final / train.MERGED)
+    merged = AutoModelForCausalLM.from_pretrained(final / saving.MERGED)
     assert not any(".lora_" in name or "ia3_" in name for name, _ in merged.named_parameters())
     torch.testing.assert_close(logits(merged, tokenizer), expected, atol=1e-5, rtol=0)
-    assert AutoTokenizer.from_pretrained(final / train.MERGED).encode(TEXT) == tokenizer.encode(TEXT)
+    assert AutoTokenizer.from_pretrained(final / saving.MERGED).encode(TEXT) == tokenizer.encode(TEXT)
 
 
 def test_a_freezing_method_saves_the_whole_trained_model(tiny_loaded, data, tmp_path):
     report = trained(tiny_loaded, data, tmp_path / "out", MethodSettings(method="ln"))
-    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out/final" / train.MERGED)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out/final" / saving.MERGED)
     assert torch.equal(logits(merged, tiny_loaded.tokenizer), logits(report.model, tiny_loaded.tokenizer))
 
 
 def test_qlora_merges_into_the_decoded_4bit_weights_as_a_float32_model(tiny_loaded, data, tmp_path):
     report = trained(tiny_loaded, data, tmp_path / "out", MethodSettings(method="qlora", rank=4))
-    folder = tmp_path / "out/final" / train.MERGED
+    folder = tmp_path / "out/final" / saving.MERGED
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
     merged = AutoModelForCausalLM.from_pretrained(folder)
     assert {p.dtype for p in merged.parameters()} == {torch.float32}
@@ -77,5 +77,5 @@ def test_methods_that_cannot_merge_say_so_before_training(tiny_loaded, data, tmp
     problems = p.validate()
     assert len(problems) == 1 and "cannot be merged" in problems[0] and "adapter alone" in problems[0]
     with pytest.raises(QuantTuneError, match="cannot be merged"):
-        train.save_final(tiny_loaded.model, settings, tmp_path / "final", merged=True)
+        saving.save_final(tiny_loaded.model, settings, tmp_path / "final", merged=True)
     assert not (tmp_path / "final").exists()

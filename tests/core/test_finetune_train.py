@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.errors import Cancelled, QuantTuneError
-from core.finetune import batches, checkpoints, train
+from core.finetune import batches, checkpoints, rundata, train
 from core.finetune.methods import MethodSettings
 from core.jobs import JobContext
 
@@ -99,12 +99,12 @@ def test_three_steps_then_resume_equals_six_straight(tiny_loaded, alpaca, tmp_pa
         params(tiny_loaded, alpaca, tmp_path / "a", save_every=3, eval_every=3), JobContext()
     )
     step3 = tmp_path / "a/checkpoints/step-3"
-    assert [c[0] for c in train.list_checkpoints(tmp_path / "a")] == [3, 6]
+    assert [c[0] for c in checkpoints.list_checkpoints(tmp_path / "a")] == [3, 6]
     torch.load(step3 / checkpoints.OPTIMIZER, weights_only=True)  # no pickled code needed
     resumed = train.run(params(tiny_loaded, alpaca, tmp_path / "b", resume_from=step3), JobContext())
     assert resumed.losses == straight.losses and resumed.steps == 6
-    a = load_file(tmp_path / "a/checkpoints/step-6" / train.WEIGHTS)
-    b = load_file(tmp_path / "b/checkpoints/step-6" / train.WEIGHTS)
+    a = load_file(tmp_path / "a/checkpoints/step-6" / checkpoints.WEIGHTS)
+    b = load_file(tmp_path / "b/checkpoints/step-6" / checkpoints.WEIGHTS)
     assert a.keys() == b.keys() and a and all(torch.equal(a[k], b[k]) for k in a)
     assert straight.best_validation_loss is not None
     with pytest.raises(QuantTuneError, match="other data"):
@@ -121,9 +121,9 @@ def test_a_diverging_loss_stops_with_a_clear_error_and_keeps_earlier_checkpoints
     message = str(caught.value)
     assert "diverged at step" in message and "Lower the learning rate" in message
     bad_step = int(message.split("step ")[1].split(":")[0])
-    saved = train.list_checkpoints(tmp_path / "out")
+    saved = checkpoints.list_checkpoints(tmp_path / "out")
     assert [c[0] for c in saved] == list(range(1, bad_step))
-    weights = load_file(saved[-1][3] / train.WEIGHTS)
+    weights = load_file(saved[-1][3] / checkpoints.WEIGHTS)
     assert weights and all(torch.isfinite(t).all() for t in weights.values())
     assert all(math.isfinite(c[1]) for c in saved)
 
@@ -138,7 +138,7 @@ def test_cancel_saves_a_checkpoint_first_and_it_resumes(tiny_loaded, alpaca, tmp
     ctx._sink = cancel_after_two
     with pytest.raises(Cancelled):
         train.run(params(tiny_loaded, alpaca, tmp_path / "out", max_steps=4), ctx)
-    saved = train.list_checkpoints(tmp_path / "out")
+    saved = checkpoints.list_checkpoints(tmp_path / "out")
     assert [c[0] for c in saved] == [2]
     assert not (tmp_path / "out/final").exists()
     fresh = params(tiny_loaded, alpaca, tmp_path / "out")
@@ -162,7 +162,7 @@ def test_plain_text_trains_every_token_with_a_freezing_method(tiny_loaded, tmp_p
                method=MethodSettings(method="ln"))  # fmt: skip
     report = train.run(p, JobContext())
     assert report.steps == 2 * 3 and report.truncated_rows == 12  # 11 training rows in batches of 4, twice
-    saved = load_file(tmp_path / "out/final" / train.WEIGHTS)
+    saved = load_file(tmp_path / "out/final" / checkpoints.WEIGHTS)
     assert saved and all("norm" in name for name in saved)
 
 
@@ -187,7 +187,7 @@ def test_early_stopping_ends_when_validation_loss_stops_improving(tiny_loaded, a
     val = [e.data["value"] for e in events if e.data.get("name") == "val_loss"]
     assert report.stopped_early and report.steps < 30 and len(val) == report.steps
     assert min(val[-2:]) >= report.best_validation_loss == min(val)
-    assert train.list_checkpoints(tmp_path / "out")[-1][0] == report.steps
+    assert checkpoints.list_checkpoints(tmp_path / "out")[-1][0] == report.steps
 
 
 def test_a_row_without_an_answer_is_named_before_training(tiny_loaded, alpaca, tmp_path):
@@ -218,7 +218,7 @@ def test_the_metrics_log_and_split_are_written_as_training_goes(tiny_loaded, alp
     assert [r["step"] for r in history] == [1, 2, 3, 4]
     assert all(math.isfinite(r["loss"]) and r["learning_rate"] > 0 for r in history)
     assert "val_loss" in history[1] and "val_loss" not in history[0]
-    split = json.loads((out / train.SPLIT).read_text())
+    split = json.loads((out / rundata.SPLIT).read_text())
     assert len(split["test"]) == 8 and len(split["validation"]) == 4 and len(split["train"]) == 28
     assert not set(split["test"]) & set(split["train"] + split["validation"])
     with (out / "metrics.jsonl").open("a") as log:
@@ -233,7 +233,7 @@ def test_rows_with_problems_stop_the_run_unless_dropped(tiny_loaded, tmp_path):
     with pytest.raises(QuantTuneError, match="1 row"):
         train.run(params(tiny_loaded, data, tmp_path / "a", max_steps=1), JobContext())
     train.run(params(tiny_loaded, data, tmp_path / "b", max_steps=1, drop_bad_rows=True), JobContext())
-    split = json.loads((tmp_path / "b" / train.SPLIT).read_text())
+    split = json.loads((tmp_path / "b" / rundata.SPLIT).read_text())
     assert 40 not in split["train"] + split["validation"] + split["test"]
 
 
