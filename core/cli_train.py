@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import sys
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from core.cli_train_log import TrainLog, duration
 from core.errors import Cancelled, InvalidSettings, QuantTuneError
-from core.jobs import JobContext, JobEvent, run_job
+from core.jobs import JobContext, run_job
 
 EXIT_OK = 0
 _MODEL_KEYS = ("model", "device", "allow_pickle", "trust_remote_code")
@@ -32,7 +30,7 @@ _WHERE = {"loaded", "output", "resume_from"}  # where a run goes, not how it tra
 def cmd_train(args: argparse.Namespace) -> int:
     from core.finetune import runs
 
-    log, run, params, report, status = _TrainLog(args.json), _ProjectRun(), None, None, "failed"
+    log, run, params, report, status = TrainLog(args.json), _ProjectRun(), None, None, "failed"
     try:
         # every setting is checked before the model loads (seconds, or a minute the first time)
         raw = run.open(args) if args.project else _config_and_flags(args)
@@ -128,7 +126,7 @@ def _config_keys() -> set[str]:
     return {name for cls in fields for name in cls.__dataclass_fields__} - {"loaded"} | set(_MODEL_KEYS)
 
 
-def _load_model(settings: dict, log: _TrainLog):
+def _load_model(settings: dict, log: TrainLog):
     from core.models import loading, sources
 
     model = settings.get("model") or "default"
@@ -288,7 +286,7 @@ def _find_project(spec: str):
 
 
 # -- running ---------------------------------------------------------------------------------
-def _train_until_done_or_ctrl_c(params: Any, log: _TrainLog):
+def _train_until_done_or_ctrl_c(params: Any, log: TrainLog):
     """Ctrl-C asks the job to stop after the current step (it checkpoints first); twice stops at once."""
     import signal
     import threading
@@ -316,7 +314,7 @@ def _train_until_done_or_ctrl_c(params: Any, log: _TrainLog):
 _MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations")
 
 
-def _print_estimate(settings: Any, loaded: Any, log: _TrainLog) -> int:
+def _print_estimate(settings: Any, loaded: Any, log: TrainLog) -> int:
     """The Train pane's estimate (core.finetune.plan): what trains, the peak memory, whether it fits
     (else what to change), and the time measured on this machine."""
     from core.finetune import plan, runs
@@ -333,85 +331,13 @@ def _print_estimate(settings: Any, loaded: Any, log: _TrainLog) -> int:
     fits = {True: "fits", False: "does not fit", None: "free memory unknown"}[memory.fits]
     time_line = "time not estimated: the data has problems (training names them)"
     if timing is not None:
-        time_line = (f"time about {_duration(timing.seconds)} for {timing.steps} steps "
+        time_line = (f"time about {duration(timing.seconds)} for {timing.steps} steps "
                      f"(~{timing.tokens_per_second:.0f} tokens/s on this machine)")  # fmt: skip
     lines = [f"trains {counts.trainable:,} of {counts.total:,} parameters ({100 * counts.share:.3g} %)",
              f"peak memory about {format_bytes(memory.peak)} ({parts}){free}: {fits}",
              *[f"  try: {a}" for a in memory.advice], time_line]  # fmt: skip
     log.emit("result", data, "\n".join(lines))
     return EXIT_OK
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-class _TrainLog:
-    """The command's log on stdout: a line per stage and per step, or one JSON event per line."""
-
-    STEP_COLUMNS = (("loss", "loss", ".4f"), ("learning_rate", "lr", ".2e"),
-                    ("tokens_per_second", "tokens/s", ".0f"), ("val_loss", "val_loss", ".4f"))  # fmt: skip
-
-    def __init__(self, as_json: bool) -> None:
-        self.as_json, self.metrics, self.started, self.first = as_json, {}, None, None
-
-    def emit(self, kind: str, data: dict, text: str | None) -> None:
-        if self.as_json:
-            print(json.dumps({"event": kind, **data}, default=str, allow_nan=False), flush=True)
-        elif text is not None:
-            print(text, flush=True)
-
-    def event(self, event: JobEvent) -> None:
-        data = dict(event.data)
-        if event.kind == "metric":
-            value = data["value"]
-            self.metrics[data["name"]] = data["value"] = value if math.isfinite(value) else None
-            self.emit("metric", data, None)
-        elif event.kind == "progress" and not data.get("total"):  # a stage begins
-            if data.get("message") == "Training":
-                self.started, self.first = time.monotonic(), None
-            self.emit("stage", {"message": data.get("message", "")}, f"== {data.get('message', '')}")
-        elif event.kind == "progress" and self.started is not None:  # a training step ended
-            data["eta_s"] = self._eta(data["done"], data["total"])
-            self.emit("progress", data, self._step_line(data))
-            self.metrics = {}
-        else:
-            self.emit(event.kind, data, None)
-
-    def _eta(self, done: int, total: int) -> float:
-        """From this session's steps only: a resumed run's earlier steps took no time here."""
-        self.first = done - 1 if self.first is None else self.first
-        return (time.monotonic() - self.started) / max(1, done - self.first) * (total - done)
-
-    def _step_line(self, data: dict) -> str:
-        parts = [f"step {data['done']:>{len(str(data['total']))}}/{data['total']}"]
-        for name, label, form in self.STEP_COLUMNS:
-            if self.metrics.get(name) is not None:
-                parts.append(f"{label} {self.metrics[name]:{form}}")
-        return "  ".join([*parts, f"ETA {_duration(data['eta_s'])}"])
-
-    def result(self, report: Any) -> None:
-        r = report.to_dict()
-        loss, best = r["final_train_loss"], r["best_validation_loss"]
-        text = f"done: {r['steps']} steps in {_duration(r['seconds'])}, {r['tokens_per_second']:.0f} tokens/s"
-        text += f"; final loss {loss:.4f}" if loss is not None else ""
-        text += f", best validation loss {best:.4f}" if best is not None else ""
-        self.emit("result", r, f"{text}\nsaved to {Path(r['output']) / 'final'}")
-
-    def cancelled(self, exc: Cancelled, params: Any) -> None:
-        from core.finetune.checkpoints import list_checkpoints
-
-        saved = list_checkpoints(params.output) if params is not None else []
-        if not saved:
-            return self.emit("error", {"message": exc.message, "fix": ""}, None)
-        step, path = saved[-1][0], saved[-1][3]
-        message = f"Stopped at step {step}; the checkpoint is {path}."
-        fix = f"To go on, run the same command with --resume latest (or --resume {path})."
-        self.emit("error", {"message": message, "fix": fix, "checkpoint": str(path)}, None)
-        print(f"{message}\n{fix}", file=sys.stderr)
 
 
 # -- parser ----------------------------------------------------------------------------------

@@ -7,9 +7,11 @@ the pieces joined give the returned answer. Cancel is honoured between two token
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 from core.errors import Cancelled, InvalidSettings, QuantTuneError
+from core.finetune.batches import pad_id_of
 from core.jobs import JobContext
 from core.models.loading import LoadedModel
 
@@ -50,10 +52,16 @@ def run(params: GenerateParams, ctx: JobContext) -> str:
     _check_fits(inputs["input_ids"].shape[1], params.max_new_tokens, loaded)
     streamer = _make_streamer(loaded.tokenizer, ctx, params.max_new_tokens)
     ctx.stage("Generating")
-    with torch.inference_mode():
+    soft = _soft_prompted(loaded.model)
+    with torch.inference_mode(), warnings.catch_warnings():
+        # generate() hands peft position ids that soft prompts ignore by design: nothing to act on
+        warnings.filterwarnings("ignore", message="Position ids are not supported", category=UserWarning)
         loaded.model.generate(
             **inputs,
             **_sampling_kwargs(params, loaded),
+            # peft's soft prompts (prompt, prefix, P-tuning) garble every token after the first with
+            # the key/value cache (peft issues 1391, 2123): without it each step recomputes, slower
+            use_cache=not soft,
             streamer=streamer,
             stopping_criteria=_cancel_criteria(ctx),
         )
@@ -104,15 +112,15 @@ def _sampling_kwargs(params: GenerateParams, loaded: LoadedModel) -> dict:
         max_new_tokens=params.max_new_tokens,
         do_sample=not greedy,
         eos_token_id=loaded.model.generation_config.eos_token_id or tokenizer.eos_token_id,
-        pad_token_id=_pad_id(tokenizer),
+        pad_token_id=pad_id_of(tokenizer),  # else generate() warns and falls back to EOS itself
         **sampling,
     )
     return {"generation_config": config}
 
 
-def _pad_id(tokenizer) -> int | None:
-    # Without a pad id generate() warns and falls back to EOS; say it explicitly instead.
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+def _soft_prompted(model) -> bool:
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
 
 
 def _cancel_criteria(ctx: JobContext):

@@ -140,3 +140,28 @@ def test_params_compare_without_the_model(tiny_loaded):
     a = GenerateParams(tiny_loaded, "hi")
     b = GenerateParams(None, "hi")
     assert a == b and "loaded" not in repr(a)
+
+
+def test_a_soft_prompted_model_answers_as_a_full_recomputation_does(tiny_loaded):
+    """peft's soft prompts and the key/value cache disagree after the first token: the job must not
+    use the cache for them (each token below is the argmax of a whole forward pass)."""
+    import copy
+
+    from core.finetune import methods
+
+    torch.manual_seed(0)
+    soft_prompt = methods.MethodSettings(method="prompt", virtual_tokens=4)
+    model = methods.apply(copy.deepcopy(tiny_loaded.model), soft_prompt)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.mul_(40.0)  # a soft prompt far from any word: it steers every token
+    prompted = dataclasses.replace(tiny_loaded, model=model.eval())
+    answer = ask(prompted, max_new_tokens=8, use_chat_template=False)
+    ids = tiny_loaded.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        for _ in range(8):
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1]
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+    expected = tiny_loaded.tokenizer.decode(ids[0, -8:], skip_special_tokens=True)
+    assert answer == expected
