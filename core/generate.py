@@ -52,16 +52,12 @@ def run(params: GenerateParams, ctx: JobContext) -> str:
     _check_fits(inputs["input_ids"].shape[1], params.max_new_tokens, loaded)
     streamer = _make_streamer(loaded.tokenizer, ctx, params.max_new_tokens)
     ctx.stage("Generating")
-    soft = _soft_prompted(loaded.model)
     with torch.inference_mode(), warnings.catch_warnings():
         # generate() hands peft position ids that soft prompts ignore by design: nothing to act on
         warnings.filterwarnings("ignore", message="Position ids are not supported", category=UserWarning)
         loaded.model.generate(
             **inputs,
             **_sampling_kwargs(params, loaded),
-            # peft's soft prompts (prompt, prefix, P-tuning) garble every token after the first with
-            # the key/value cache (peft issues 1391, 2123): without it each step recomputes, slower
-            use_cache=not soft,
             streamer=streamer,
             stopping_criteria=_cancel_criteria(ctx),
         )
@@ -111,6 +107,9 @@ def _sampling_kwargs(params: GenerateParams, loaded: LoadedModel) -> dict:
     config = GenerationConfig(
         max_new_tokens=params.max_new_tokens,
         do_sample=not greedy,
+        # peft's soft prompts (prompt, prefix, P-tuning) garble every token after the first with the
+        # key/value cache (peft issues 1391, 2123): without it each step recomputes, slower
+        use_cache=not _soft_prompted(loaded.model),
         eos_token_id=loaded.model.generation_config.eos_token_id or tokenizer.eos_token_id,
         pad_token_id=pad_id_of(tokenizer),  # else generate() warns and falls back to EOS itself
         **sampling,
