@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.errors import Cancelled, QuantTuneError
-from core.finetune import batches, checkpoints, rundata, train
+from core.finetune import batches, checkpoints, methods, rundata, train
 from core.finetune.methods import MethodSettings
 from core.jobs import JobContext
 
@@ -262,3 +262,18 @@ def test_resuming_from_an_earlier_checkpoint_drops_the_later_future(tiny_loaded,
     train.run(params(tiny_loaded, alpaca, out, max_steps=3, save_every=0, resume_from=earlier), ctx)
     assert [c[0] for c in checkpoints.list_checkpoints(out)] == [2, 3]
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+
+
+LEARNING_RATES = {"full": 1e-3, "partial": 1e-3, "qat": 5e-3}  # the rest: 2e-2 (few, fresh parameters)
+
+
+@pytest.mark.parametrize("method", [m for m in methods.METHODS if m not in ("bitfit", "feature")])
+def test_every_method_learns_a_batch_it_can_memorise(tiny_loaded, tmp_path, method):
+    data = write_alpaca(tmp_path / "eight.jsonl", 8)  # 8 rows, batch 8: the same batch every step
+    p = params(tiny_loaded, data, tmp_path / "run", validation_ratio=0.0, batch_size=8, max_steps=8,
+               learning_rate=LEARNING_RATES.get(method, 2e-2),
+               method=MethodSettings(method=method, rank=4, virtual_tokens=4))  # fmt: skip
+    losses = train.run(p, JobContext()).losses
+    # the tiny model's random, frozen head bounds how far most methods can go: the loss must fall
+    # step by step (the same batch each step; one thread, so every run is the same)
+    assert losses[-1] < losses[0] - 1e-3 and losses[-1] == min(losses), losses
