@@ -350,6 +350,8 @@ def _report(run: RunState, ctx: JobContext, values: dict[str, float]) -> None:
 
 
 def _one_step(run: RunState, params: TrainParams, ctx: JobContext, pad_id: int) -> None:
+    import psutil  # the process's memory after each step, for the plot and the log
+
     batch = step_batch(run, params, pad_id)
     started = time.perf_counter()
     loss, grad_norm, lr = _train_step(run, params, batch)
@@ -359,7 +361,8 @@ def _one_step(run: RunState, params: TrainParams, ctx: JobContext, pad_id: int) 
     run.step, run.tokens, run.seconds = run.step + 1, run.tokens + tokens, run.seconds + elapsed
     run.losses.append(loss)
     values = {"loss": loss, "learning_rate": lr, "grad_norm": grad_norm,
-              "tokens_per_second": tokens / max(elapsed, 1e-9), "seconds": run.seconds}  # fmt: skip
+              "tokens_per_second": tokens / max(elapsed, 1e-9), "seconds": run.seconds,
+              "memory_mb": psutil.Process().memory_info().rss / 1e6}  # fmt: skip
     method_metrics = methods.METHODS[params.method.method].metrics
     _report(run, ctx, {**values, **(method_metrics(run.model) if method_metrics else {})})
 

@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QTimer, Signal, Slot
+from PySide6.QtCore import Signal, Slot
 from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -43,7 +43,6 @@ from desktop.widgets.train_settings import TrainSettingsBox
 NO_MODEL = "Load a model first: training adapts the loaded model."
 NO_PROJECT = "Open or create a project first: a run keeps its checkpoints and curves in the project."
 ESTIMATE_DELAY_MS = 400
-MEMORY_SAMPLE_MS = 1000
 
 
 def _train_job(params: Any, ctx) -> Any:
@@ -81,8 +80,6 @@ class TrainPane(QWidget):
         self.plan_job.started.connect(partial(self._set_estimate, "Estimating memory and time…"))
         self.plan_job.succeeded.connect(self._on_planned)
         self.plan_job.failed.connect(self._on_plan_failed)
-        self._memory_timer = QTimer(self, interval=MEMORY_SAMPLE_MS)
-        self._memory_timer.timeout.connect(self._sample_memory)
         self._build()
         self._connect()
         self._on_project_changed(session.project)
@@ -320,7 +317,6 @@ class TrainPane(QWidget):
         self.job_bar.bind(handle)
         self.status_label.setText("")
         self.tabs.setCurrentWidget(self.plots_holder)
-        self._memory_timer.start()
         self._refresh_runs(select=run_id)
         self.refresh()
         return handle
@@ -340,13 +336,6 @@ class TrainPane(QWidget):
         if data["step"] != self._step:
             self._step = data["step"]
             self._emit_status()
-
-    @Slot()
-    def _sample_memory(self) -> None:
-        import psutil
-
-        if self.plots is not None and self._step:
-            self.plots.add("memory_mb", self._step, psutil.Process().memory_info().rss / 1e6)
 
     def _end_run(self, status: str, report: dict | None = None) -> None:
         from core.finetune import runs
@@ -397,7 +386,6 @@ class TrainPane(QWidget):
     @Slot()
     def _on_finished(self) -> None:
         self._handle = None
-        self._memory_timer.stop()
         self._refresh_runs(select=self._run_id)
         self.refresh()
 

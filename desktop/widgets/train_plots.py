@@ -82,7 +82,7 @@ class TrainPlots(QWidget):
         if name not in self.series:
             return
         xs, ys = self.series[name]
-        if xs and step <= xs[-1] and name != "memory_mb":
+        if xs and step <= xs[-1]:
             # a resumed run repeats steps: keep the history up to where it continued
             keep = next((i for i, x in enumerate(xs) if x >= step), len(xs))
             del xs[keep:], ys[keep:]

@@ -70,6 +70,7 @@ def test_estimate_then_stop_resume_finish_ask_and_reopen(qtbot, pane, tiny_model
     steps = pane.plots.series["loss"][0]
     assert steps == sorted(steps) and steps[-1] == 8 and stopped_at < 8
     assert pane.plots.series["val_loss"][0][-1] == 8
+    assert pane.plots.series["memory_mb"][0][-1] == 8 and pane.plots.last("memory_mb") > 50
     assert pane.ask_box._model is not None and pane.try_stack.currentWidget() is pane.ask_box
     assert session.project.step_status["train"] == "done"
     session.flush()
