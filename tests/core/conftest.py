@@ -109,3 +109,16 @@ def data(tiny_tokenizer):
         calibration_batches(tiny_tokenizer, words(1), 8, 64),
         calibration_batches(tiny_tokenizer, words(2), 8, 64),
     )
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread (the sums run in one order) and a seeded generator (new weights such as
+    LoRA's A start the same): training runs repeat bit for bit."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(before)

@@ -14,20 +14,14 @@ from core.finetune.checkpoints import WEIGHTS
 from core.finetune.methods import MethodSettings
 from core.jobs import JobContext
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # runs repeat bit for bit
+
 # The class shows in the last word, which is what the head reads: learnable even by a random model.
 PHRASES = {
     "geography": "The capital of France is Paris",
     "quantization": "Quantization maps weights to a small grid",
     "food": "Café and jalapeño",
 }
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the sums run in one order, so a resume repeats bit for bit
-    yield
-    torch.set_num_threads(before)
 
 
 def write_labelled(path, per_label=10, labels=tuple(PHRASES)):

@@ -24,17 +24,11 @@ from core.quant.calibration import calibration_batches, linear_layers
 from core.quant.qtensor import block_ranges, quantize_rtn
 from tests.core.calibration_data import words
 from tests.core.test_finetune_train import write_alpaca
+from tests.core.training import train_steps
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # runs repeat bit for bit
 
 LAYERS = 14  # 2 decoder blocks × (q, k, v, o, gate, up, down)
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # one order of sums: resumed runs repeat bit for bit
-    torch.manual_seed(0)  # LoRA's initial A comes from the global generator: the same run every time
-    yield
-    torch.set_num_threads(before)
 
 
 def settings(**changes) -> MethodSettings:
@@ -44,19 +38,6 @@ def settings(**changes) -> MethodSettings:
 
 def windows(tokenizer, seed=1):
     return calibration_batches(tokenizer, words(seed), 4, 48)
-
-
-def train_steps(model, ids, steps, lr=1e-2):
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return losses
 
 
 @pytest.mark.parametrize("symmetric", [False, True])

@@ -13,18 +13,13 @@ from core.finetune.methods import MethodSettings
 from core.jobs import JobContext
 from core.quant import bnb
 from tests.core.test_finetune_train import write_alpaca
+from tests.core.training import train_steps
 from tests.tiny_models import build_tiny_model
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # runs repeat bit for bit
 
 TEXT = "The capital of France is Paris. The capital of Italy is Rome."
 SETTINGS = MethodSettings(method="qlora", rank=4, alpha=8, dropout=0.0)
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the sums run in one order, so runs repeat bit for bit
-    yield
-    torch.set_num_threads(before)
 
 
 def lora_parameter_count(model, rank):
@@ -55,22 +50,12 @@ def test_the_base_is_nf4_with_double_quantization_and_only_lora_trains(tiny_toke
     assert all(torch.equal(before[k], after[k]) and after[k].dtype == torch.float32 for k in before)
 
 
-def memorise(model, ids, steps=20):
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(steps):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return losses
-
-
 def test_qlora_memorises_a_batch_about_as_well_as_lora(tiny_tokenizer):
     ids = torch.tensor([tiny_tokenizer.encode(TEXT)])
     qlora, lora = (
-        memorise(methods.apply(build_tiny_model(tiny_tokenizer), replace(SETTINGS, method=key)).train(), ids)
+        train_steps(
+            methods.apply(build_tiny_model(tiny_tokenizer), replace(SETTINGS, method=key)).train(), ids, 20
+        )
         for key in ("qlora", "lora")
     )
     # measured: 5.76 -> 5.27 for both (a random 2-layer model with frozen embeddings learns slowly)

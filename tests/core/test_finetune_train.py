@@ -14,20 +14,14 @@ from core.finetune import batches, checkpoints, methods, rundata, train
 from core.finetune.methods import MethodSettings
 from core.jobs import JobContext
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # runs repeat bit for bit
+
 QUESTIONS = [
     ("What is the capital of France?", "Paris."),
     ("What is the capital of Italy?", "Rome."),
     ("What does quantization do?", "It maps weights to a small grid."),
     ("What does fine-tuning do?", "It adapts them."),
 ]
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the sums run in one order, so runs repeat bit for bit
-    yield
-    torch.set_num_threads(before)
 
 
 def write_alpaca(path, rows):
