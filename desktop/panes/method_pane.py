@@ -191,7 +191,8 @@ class MethodPane(QWidget):
     def _emit_status(self) -> None:
         from core.finetune.methods import METHODS
 
-        problem = self.data_box.problems_text() if self.data_box.result is not None else ""
+        box = self.data_box
+        problem = box.problems_text() if box.result is not None or box.failed else ""
         if problem:
             self.statusChanged.emit("stale", "Check the data")
             return

@@ -68,6 +68,7 @@ class DataBox(QGroupBox):
         self.settings: Any = None  # core.project.FinetuneSettings
         self.tokenizer: Any = None
         self.result: Any = None  # the last DataCheck
+        self.failed = False  # the last check could not read the data
         self._stale = True  # the settings changed while the box was hidden
         self.job = LatestJob(runner, _check_job, "Checking the data", self._check_params, 0, self)
         self.job.started.connect(self._on_check_started)
@@ -246,14 +247,22 @@ class DataBox(QGroupBox):
 
     @Slot(object)
     def _on_checked(self, result: Any) -> None:
-        self.result = result
+        self.result, self.failed = result, False
         self._show_result(result)
         self.checked.emit(result)
 
     @Slot(object, str)
     def _on_check_failed(self, exc: BaseException, tb: str) -> None:
+        """Nothing of the previous file stays on screen: only what is wrong with this one."""
         self.result = None
-        self.shape_label.setText("")
+        self.failed = True
+        for widget in (self.shape_label, self.split_label):
+            widget.setText("")
+        for table in (self.preview, self.problems):
+            table.setRowCount(0)
+        self.tabs.setTabText(1, "Problems")
+        if self.lengths is not None:
+            self.lengths.set_lengths([], self.settings.max_length)
         self.error_panel.show_error(exc, tb)
         self.checked.emit(None)
 

@@ -113,3 +113,18 @@ def test_methods_are_counted_on_the_model_and_bitfit_offers_norm_only(qtbot, pan
     pane.norm_button.click()
     assert pane.session.finetune_settings.method["method"] == "ln"
     assert "Trains" in counted(qtbot, pane)
+
+
+def test_an_unreadable_file_says_what_is_wrong_and_leaves_nothing_of_the_last_one(
+    qtbot, pane, tmp_path, scripted_dialogs
+):
+    checked(qtbot, pane)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"instruction": "q1", "output": "a1"}\n{"instruction": "q2"\n', encoding="utf-8")
+    scripted_dialogs.answer("choose_file", broken)
+    with qtbot.waitSignal(
+        pane.statusChanged, timeout=JOB_TIMEOUT_MS, check_params_cb=lambda s, t: s == "stale"
+    ):
+        pick_dataset(pane, broken)
+    assert "not valid JSON at line 2" in pane.data_box.error_panel.message.text()
+    assert pane.data_box.preview.rowCount() == 0 and pane.data_box.split_label.text() == ""
