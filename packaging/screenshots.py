@@ -122,11 +122,11 @@ def method_and_train(window) -> None:
     wait_for(pane.trained, 3600)
     pane.tabs.setCurrentWidget(pane.plots_holder)
     shoot(window, "train")
-    pane.ask_box.prompt.setText(QUESTION)
-    pane.ask_box.ask()
-    wait_for(pane.ask_box.answerFinished, 120)
+    pane.try_stack.ask_box.prompt.setText(QUESTION)
+    pane.try_stack.ask_box.ask()
+    wait_for(pane.try_stack.ask_box.answerFinished, 120)
     pane.tabs.setCurrentWidget(pane.try_stack)
-    print(f"asked {QUESTION!r}: {pane.ask_box.answer()!r}")
+    print(f"asked {QUESTION!r}: {pane.try_stack.ask_box.answer()!r}")
     shoot(window, "train-ask")
 
 
@@ -151,8 +151,8 @@ def main() -> int:
     if window.session.model is None:
         print("the default model did not load", file=sys.stderr)
         return 1
-    pane.ask_box.ask()
-    wait_for(pane.ask_box.answerFinished, 120)
+    pane.try_stack.ask_box.ask()
+    wait_for(pane.try_stack.ask_box.answerFinished, 120)
     shoot(window, "load")
     inspect_worst_tensor(window)
     if "--quantize" in sys.argv:

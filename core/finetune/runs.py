@@ -175,6 +175,16 @@ def summary_from_history(history: list[dict]) -> dict[str, Any]:
     }
 
 
+def shown_records(project: Any, running: str | None) -> list[dict[str, Any]]:
+    """The project's runs as the window lists them: one recorded as running that is not the run in
+    progress (``running``) was interrupted (the app stopped under it)."""
+    records = [dict(r) for r in project.train_runs]
+    for r in records:
+        if r["status"] == "running" and r["id"] != running:
+            r["status"] = "interrupted"
+    return records
+
+
 def find(project: Any, run_id: str) -> dict[str, Any] | None:
     return next((r for r in project.train_runs if r.get("id") == run_id), None)
 

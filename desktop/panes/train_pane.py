@@ -20,7 +20,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QStackedWidget,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -31,14 +30,13 @@ from desktop import dialogs
 from desktop.jobs import JobHandle
 from desktop.latest_job import LatestJob
 from desktop.session import Session
-from desktop.widgets.ask_box import AskBox
-from desktop.widgets.classify_box import ClassifyBox
 from desktop.widgets.cost_text import plan_html, plan_job, qat_text
 from desktop.widgets.error_panel import ErrorPanel
 from desktop.widgets.job_bar import JobBar
 from desktop.widgets.learn_panel import LearnPanel
 from desktop.widgets.train_runs import TrainRuns
 from desktop.widgets.train_settings import TrainSettingsBox
+from desktop.widgets.try_model import TryModel
 
 NO_MODEL = "Load a model first: training adapts the loaded model."
 NO_PROJECT = "Open or create a project first: a run keeps its checkpoints and curves in the project."
@@ -109,11 +107,7 @@ class TrainPane(QWidget):
         self.plots_holder = QWidget()
         QVBoxLayout(self.plots_holder).setContentsMargins(0, 0, 0, 0)
         self.runs_view = TrainRuns()
-        self.ask_box = AskBox(self.runner)
-        self.classify_box = ClassifyBox(self.runner)
-        self.try_stack = QStackedWidget()
-        self.try_stack.addWidget(self.ask_box)
-        self.try_stack.addWidget(self.classify_box)
+        self.try_stack = TryModel(self.runner)
         self.learn = LearnPanel("train", expanded=True)
         self.learn.section.button.hide()
         self.tabs = QTabWidget()
@@ -168,8 +162,7 @@ class TrainPane(QWidget):
         self.settings_box.set_settings(self.session.finetune_settings)
         self.status_label.setText("")
         self.error_panel.dismiss()
-        self.ask_box.set_model(None)
-        self.classify_box.set_model(None)
+        self.try_stack.set_model(None)
         if self.plots is not None and self._handle is None:
             self.plots.clear()
         self._refresh_runs()
@@ -178,8 +171,7 @@ class TrainPane(QWidget):
     @Slot(object)
     def _on_model_changed(self, _loaded: Any) -> None:
         self.plan = None
-        self.ask_box.set_model(None)
-        self.classify_box.set_model(None)
+        self.try_stack.set_model(None)
         self.refresh()
         self.plan_job.request()
 
@@ -398,11 +390,9 @@ class TrainPane(QWidget):
         from core.finetune import runs
 
         project = self.session.project
-        records = [dict(r) for r in self._records()]
-        for r in records:  # recorded as running, yet not running here: the app stopped under it
-            if r["status"] == "running" and not (self._handle is not None and r["id"] == self._run_id):
-                r["status"] = "interrupted"
-        finished = {r["id"] for r in records if project is not None and runs.has_final(project, r)}
+        running = self._run_id if self._handle is not None else None
+        records = runs.shown_records(project, running) if project is not None else []
+        finished = {r["id"] for r in records if runs.has_final(project, r)}
         self.runs_view.set_runs(records, finished, select)
 
     @Slot(str)
@@ -438,15 +428,9 @@ class TrainPane(QWidget):
 
     @Slot(object)
     def _ask(self, model: Any) -> None:
-        from core.finetune.classify import is_classifier
-
-        loaded = self.session.model
-        if loaded is None:
-            return
-        box = self.classify_box if is_classifier(model) else self.ask_box
-        box.set_model(dataclasses.replace(loaded, model=model))
-        self.try_stack.setCurrentWidget(box)
-        self.tabs.setCurrentWidget(self.try_stack)
+        if self.session.model is not None:
+            self.try_stack.set_model(dataclasses.replace(self.session.model, model=model))
+            self.tabs.setCurrentWidget(self.try_stack)
 
     @Slot(str)
     def delete_run(self, run_id: str) -> None:

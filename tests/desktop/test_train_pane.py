@@ -71,7 +71,9 @@ def test_estimate_then_stop_resume_finish_ask_and_reopen(qtbot, pane, tiny_model
     assert steps == sorted(steps) and steps[-1] == 8 and stopped_at < 8
     assert pane.plots.series["val_loss"][0][-1] == 8
     assert pane.plots.series["memory_mb"][0][-1] == 8 and pane.plots.last("memory_mb") > 50
-    assert pane.ask_box._model is not None and pane.try_stack.currentWidget() is pane.ask_box
+    assert (
+        pane.try_stack.ask_box._model is not None and pane.try_stack.currentWidget() is pane.try_stack.ask_box
+    )
     assert session.project.step_status["train"] == "done"
     session.flush()
 
@@ -118,11 +120,11 @@ def test_feature_extraction_trains_a_classifier_that_answers_with_labels(
     qtbot.waitUntil(lambda: not pane.busy, timeout=JOB_TIMEOUT_MS)
     assert done.args[0].trainable_parameters == 2 * session.model.model.config.hidden_size
     assert pane.plots.series["val_accuracy"][0] and not pane.plots.plots["val_accuracy"].isHidden()
-    assert pane.try_stack.currentWidget() is pane.classify_box
-    with qtbot.waitSignal(pane.classify_box.classified, timeout=JOB_TIMEOUT_MS) as answer:
-        pane.classify_box.classify()
+    assert pane.try_stack.currentWidget() is pane.try_stack.classify_box
+    with qtbot.waitSignal(pane.try_stack.classify_box.classified, timeout=JOB_TIMEOUT_MS) as answer:
+        pane.try_stack.classify_box.classify()
     labels = [label for label, _p in answer.args[0]]
-    assert sorted(labels) == ["billing", "bug"] and "%" in pane.classify_box.result.text()
+    assert sorted(labels) == ["billing", "bug"] and "%" in pane.try_stack.classify_box.result.text()
 
 
 def test_quantization_aware_training_plots_s_and_z_and_compares_with_plain_quantization(
@@ -151,7 +153,7 @@ def test_another_project_clears_the_previous_ones_run(qtbot, pane, tiny_model_di
     with qtbot.waitSignal(pane.trained, timeout=JOB_TIMEOUT_MS):
         pane.start()
     qtbot.waitUntil(lambda: not pane.busy, timeout=JOB_TIMEOUT_MS)
-    assert pane.ask_box._model is not None and pane.plots.series["loss"][0]
+    assert pane.try_stack.ask_box._model is not None and pane.plots.series["loss"][0]
     session.new_project("second")
-    assert pane.ask_box._model is None and not pane.plots.series["loss"][0]
+    assert pane.try_stack.ask_box._model is None and not pane.plots.series["loss"][0]
     assert pane.status_label.text() == "" and pane.runs_view.runs.rowCount() == 0
