@@ -174,6 +174,7 @@ class RunState:
     losses: list[float] = field(default_factory=list)
     best_val: float | None = None
     bad_evals: int = 0
+    evaluated: int = 0  # the last step whose validation finished (a stop may land mid-validation)
     tokens: int = 0
     seconds: float = 0.0
     truncated: int = 0
@@ -187,8 +188,8 @@ class RunState:
         epoch = self.step // self.per_epoch
         return {"step": self.step, "epoch": epoch, "loss": self.losses[-1] if self.losses else float("nan"),
                 "losses": self.losses, "best_val": self.best_val, "bad_evals": self.bad_evals,
-                "tokens": self.tokens, "seconds": self.seconds, "data": self.fingerprint,
-                "order": epoch_order(len(self.train), seed, epoch)}  # fmt: skip
+                "evaluated": self.evaluated, "tokens": self.tokens, "seconds": self.seconds,
+                "data": self.fingerprint, "order": epoch_order(len(self.train), seed, epoch)}  # fmt: skip
 
 
 def prepare(params: TrainParams, ctx: JobContext) -> RunState:
@@ -248,6 +249,7 @@ def _resume(run: RunState, params: TrainParams) -> None:
     run.scheduler._last_lr = [group["lr"] for group in run.optimizer.param_groups]
     run.step, run.losses, run.best_val = state["step"], list(state["losses"]), state["best_val"]
     run.bad_evals, run.tokens, run.seconds = state["bad_evals"], state["tokens"], state["seconds"]
+    run.evaluated = state.get("evaluated", run.step)
 
 
 # -- the loop -------------------------------------------------------------------------------------
@@ -304,9 +306,9 @@ def _checkpoint(run: RunState, params: TrainParams) -> None:
 
 
 def _evaluate_and_stop(run: RunState, params: TrainParams, ctx: JobContext, pad_id: int) -> bool:
-    """Evaluate when due; True when early stopping says to stop."""
+    """Evaluate when due (and not done yet for this step); True when early stopping says to stop."""
     due = (params.eval_every and run.step % params.eval_every == 0) or run.step == run.total_steps
-    if not run.val or not due:
+    if not run.val or not due or run.evaluated == run.step:
         return False
     if params.task == "classification":
         val_loss, accuracy = classify.evaluate(run.model, run.val, params.batch_size, ctx)
@@ -314,6 +316,7 @@ def _evaluate_and_stop(run: RunState, params: TrainParams, ctx: JobContext, pad_
     else:
         val_loss = compute.evaluate(run.model, run.val, params.batch_size, pad_id, ctx)
         _report(run, ctx, {"val_loss": val_loss})
+    run.evaluated = run.step
     if run.best_val is None or val_loss < run.best_val:
         run.best_val, run.bad_evals = val_loss, 0
         return False
@@ -325,6 +328,8 @@ def _loop(run: RunState, params: TrainParams, ctx: JobContext) -> bool:
     """Train until the last step (or early stop: returns True); on cancel checkpoint, then raise."""
     pad_id = pad_id_of(params.loaded.tokenizer)
     ctx.stage("Training")
+    if run.step and _evaluate_and_stop(run, params, ctx, pad_id):  # a validation a stop cut short
+        return True
     while run.step < run.total_steps:
         try:  # a cancel arrives between steps (or during evaluation), so run.step is always complete
             ctx.check_cancelled()

@@ -271,3 +271,26 @@ def test_every_method_learns_a_batch_it_can_memorise(tiny_loaded, tmp_path, meth
     # the tiny model's random, frozen head bounds how far most methods can go: the loss must fall
     # step by step (the same batch each step; one thread, so every run is the same)
     assert losses[-1] < losses[0] - 1e-3 and losses[-1] == min(losses), losses
+
+
+def test_a_stop_during_validation_validates_that_step_on_resume(tiny_loaded, alpaca, tmp_path):
+    from core.finetune.runlog import read_metrics
+
+    out = tmp_path / "run"
+    holder = {}
+
+    def stop_before_validating(event):  # the stop lands after step 2's loss, as validation begins
+        if event.kind == "metric" and event.data["name"] == "loss" and event.data["step"] == 2:
+            holder["ctx"].cancel()
+
+    holder["ctx"] = ctx = JobContext(stop_before_validating)
+    with pytest.raises(Cancelled):
+        train.run(params(tiny_loaded, alpaca, out, max_steps=4, eval_every=2), ctx)
+    assert [c[0] for c in checkpoints.list_checkpoints(out)] == [2]
+    assert "val_loss" not in read_metrics(out)[-1]
+    resumed = params(
+        tiny_loaded, alpaca, out, max_steps=4, eval_every=2, resume_from=out / "checkpoints" / "step-2"
+    )
+    train.run(resumed, JobContext())
+    validated = [r["step"] for r in read_metrics(out) if r.get("val_loss") is not None]
+    assert validated == [2, 4]
