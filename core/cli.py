@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from core.cli_evaluate import add_evaluate_parser
 from core.cli_train import add_train_parser
 from core.errors import Cancelled, QuantTuneError
 from core.jobs import JobContext, JobEvent, run_job
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quantize_parser(sub)
     _add_stages_parser(sub)
     add_train_parser(sub)
+    add_evaluate_parser(sub)
     return parser
 
 

@@ -211,7 +211,7 @@ class _ProjectRun:
         self.project = self.record = self.checkpoint = self.starting = self.run_id = None
 
     def open(self, args: argparse.Namespace) -> dict:
-        self.project = _find_project(args.project)
+        self.project = find_project(args.project)
         if args.output:
             raise QuantTuneError("A project's runs go to its artifacts folder.", "Leave out --output.")
         if args.resume_from:
@@ -272,7 +272,7 @@ class _ProjectRun:
         save_project(self.project)
 
 
-def _find_project(spec: str):
+def find_project(spec: str):
     from core.project import PROJECT_FILE, list_projects, load_project
 
     if (Path(spec).expanduser() / PROJECT_FILE).is_file():

@@ -17,7 +17,7 @@ from typing import Any
 from core import atomic, paths
 from core.errors import ProjectError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 PROJECT_FILE = "project.json"
 ARTIFACTS_DIR = "artifacts"
 STEPS = (
@@ -123,6 +123,28 @@ class FinetuneSettings:
 
 
 @dataclass
+class EvaluateSettings:
+    """The Evaluate step: which variants and baselines to score on the test split, and k-fold.
+
+    ``variants`` empty means every variant the project has. ``few_shot`` is the number of
+    training examples put in the prompt (0: no few-shot baseline); ``rag_top_k`` the number of
+    training documents retrieved (0: no RAG baseline). ``marks`` keeps the user's verdicts on
+    outputs: "variant id|row" -> {"mark": "good" | "bad", "output": the text that was marked}.
+    """
+
+    variants: list[str] = field(default_factory=list)
+    zero_shot: bool = True
+    few_shot: int = 3
+    rag_top_k: int = 2
+    max_examples: int = 40  # test rows scored (0: all); generation costs seconds per row on a CPU
+    max_new_tokens: int = 64
+    batch_size: int = 8
+    kfold_k: int = 5
+    kfold_max_steps: int = 30  # training steps per fold (0: the Train step's epochs)
+    marks: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+@dataclass
 class Project:
     name: str
     folder: Path
@@ -132,9 +154,11 @@ class Project:
     inspect: InspectSettings = field(default_factory=InspectSettings)
     quantize: QuantizeSettings = field(default_factory=QuantizeSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
     step_status: dict[str, str] = field(default_factory=dict)  # step -> "done" | "stale"
     runs: list[dict[str, Any]] = field(default_factory=list)  # see core.quant.runs
     train_runs: list[dict[str, Any]] = field(default_factory=list)  # see core.finetune.runs
+    evaluations: list[dict[str, Any]] = field(default_factory=list)  # see core.evaluate.runs
     notes: str = ""
 
     @property
@@ -154,9 +178,11 @@ class Project:
         inspect = _settings(InspectSettings, known.pop("inspect", None))
         quantize = _settings(QuantizeSettings, known.pop("quantize", None))
         finetune = _settings(FinetuneSettings, known.pop("finetune", None))
+        evaluate = _settings(EvaluateSettings, known.pop("evaluate", None))
         project = cls(
-            folder=folder, load=load, inspect=inspect, quantize=quantize, finetune=finetune, **known
-        )
+            folder=folder, load=load, inspect=inspect, quantize=quantize, finetune=finetune,
+            evaluate=evaluate, **known
+        )  # fmt: skip
         _check_types(project)
         return project
 
@@ -176,6 +202,7 @@ _EXPECTED_TYPES = {
     "step_status": dict,
     "runs": list,
     "train_runs": list,
+    "evaluations": list,
     "notes": str,
 }
 
@@ -222,7 +249,14 @@ def _v4_to_v5(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
+def _v5_to_v6(data: dict[str, Any]) -> dict[str, Any]:
+    # v6 added the Evaluate step's settings and its evaluations; defaults apply.
+    data.setdefault("evaluate", asdict(EvaluateSettings()))
+    data.setdefault("evaluations", [])
+    return data
+
+
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6}
 
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:

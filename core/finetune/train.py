@@ -32,7 +32,7 @@ from core.finetune.checkpoints import (
     prune_checkpoints_after,
     save_checkpoint,
 )
-from core.finetune.rundata import data_fingerprint, epoch_order, load_examples
+from core.finetune.rundata import data_fingerprint, epoch_order, load_examples, rows_problems
 from core.finetune.runlog import MetricsLog
 from core.jobs import JobContext
 
@@ -68,6 +68,9 @@ class TrainParams:
     autocast: str = "off"  # "off", "bf16", or "auto": bf16 where the hardware multiplies it natively
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower
     labels: tuple[str, ...] = ()  # classification: the classes; () = every label in the file
+    # An explicit split: (train, validation, test) row indices into the file (k-fold cross-validation);
+    # the shares above are then ignored. Rows with problems are still left out.
+    rows: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
 
     def validate(self) -> list[str]:
         problems = list(self.method.validate())
@@ -87,7 +90,9 @@ class TrainParams:
             problems.append("the maximum length is at least 8 tokens")
         if self.autocast not in AUTOCAST:
             problems.append(f"unknown autocast {self.autocast!r} (choose {', '.join(AUTOCAST)})")
-        if not (0.0 <= self.validation_ratio < 1.0 and 0.0 <= self.test_ratio < 1.0):
+        if self.rows is not None:
+            problems += rows_problems(self.rows)
+        elif not (0.0 <= self.validation_ratio < 1.0 and 0.0 <= self.test_ratio < 1.0):
             problems.append("the validation and test shares lie in [0, 1)")
         elif self.validation_ratio + self.test_ratio >= 0.9:
             problems.append("validation and test together leave under 10% to train on: lower them")
@@ -101,7 +106,8 @@ class TrainParams:
             problems.append("step counts cannot be negative")
         if self.max_grad_norm < 0 or self.early_stopping_patience < 0:
             problems.append("gradient clipping and patience cannot be negative (0 turns them off)")
-        if self.early_stopping_patience and self.validation_ratio == 0:
+        watched = self.rows[1] if self.rows is not None and len(self.rows) == 3 else self.validation_ratio
+        if self.early_stopping_patience and not watched:
             problems.append("early stopping needs a validation share above 0")
         if self.resume_from is not None and not (Path(self.resume_from) / STATE).is_file():
             problems.append(f"{self.resume_from} is not a checkpoint folder")

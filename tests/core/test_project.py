@@ -195,6 +195,19 @@ def test_migrates_version_4_adds_finetune_defaults(tmp_path):
     assert again.finetune.method == {"method": "ia3"} and again.finetune.dataset == "/data/rows.jsonl"
 
 
+def test_migrates_version_5_adds_evaluate_defaults(tmp_path):
+    (tmp_path / "project.json").write_text(
+        json.dumps({"schema_version": 5, "name": "v5", "finetune": {"task": "classification"}})
+    )
+    p = project.load_project(tmp_path)
+    assert p.finetune.task == "classification"
+    assert (p.evaluate.few_shot, p.evaluate.kfold_k, p.evaluate.marks) == (3, 5, {})
+    assert p.evaluations == []
+    p.evaluate.marks["base|7"] = {"mark": "bad", "output": "Paris"}
+    project.save_project(p)
+    assert project.load_project(tmp_path).evaluate.marks == {"base|7": {"mark": "bad", "output": "Paris"}}
+
+
 def test_a_staged_folder_under_a_file_is_a_storage_error(tmp_path):
     from core.errors import StorageError
 
