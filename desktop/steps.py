@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from PySide6.QtWidgets import QWidget
 
 from desktop.panes.calibrate_pane import CalibratePane
+from desktop.panes.evaluate_pane import EvaluatePane
 from desktop.panes.inspect_pane import InspectPane
 from desktop.panes.load_pane import LoadPane
 from desktop.panes.method_pane import MethodPane
@@ -35,5 +36,5 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("calibrate", "Calibrate", CalibratePane),
     StepSpec("method", "Fine-tuning method", MethodPane),
     StepSpec("train", "Train", TrainPane),
-    StepSpec("evaluate", "Evaluate", None),
+    StepSpec("evaluate", "Evaluate", EvaluatePane),
 )

@@ -47,7 +47,7 @@ def test_window_lists_seven_steps_and_the_built_ones_are_enabled(window):
         "Load model", "Inspect weights", "Precision & symmetry", "Calibrate",
         "Fine-tuning method", "Train", "Evaluate",
     ]  # fmt: skip
-    built = ["load", "inspect", "precision", "calibrate", "method", "train"]
+    built = ["load", "inspect", "precision", "calibrate", "method", "train", "evaluate"]
     assert [k for k in window.sidebar.step_keys() if window.sidebar.is_enabled(k)] == built
     assert all(window.sidebar.tooltip(k) == LATER for k in window.sidebar.step_keys() if k not in built)
     assert window.current_pane() is window.start_screen
@@ -55,7 +55,7 @@ def test_window_lists_seven_steps_and_the_built_ones_are_enabled(window):
 
 
 def test_no_placeholder_panes_exist(window):
-    assert set(window.panes) == {"load", "inspect", "precision", "calibrate", "method", "train"}
+    assert set(window.panes) == {"load", "inspect", "precision", "calibrate", "method", "train", "evaluate"}
     assert window.stack.count() == 1 + len(window.panes)  # start screen + the built panes
 
 
