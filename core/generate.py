@@ -109,7 +109,7 @@ def _sampling_kwargs(params: GenerateParams, loaded: LoadedModel) -> dict:
         do_sample=not greedy,
         # peft's soft prompts (prompt, prefix, P-tuning) garble every token after the first with the
         # key/value cache (peft issues 1391, 2123): without it each step recomputes, slower
-        use_cache=not _soft_prompted(loaded.model),
+        use_cache=not soft_prompted(loaded.model),
         eos_token_id=loaded.model.generation_config.eos_token_id or tokenizer.eos_token_id,
         pad_token_id=pad_id_of(tokenizer),  # else generate() warns and falls back to EOS itself
         **sampling,
@@ -117,9 +117,12 @@ def _sampling_kwargs(params: GenerateParams, loaded: LoadedModel) -> dict:
     return {"generation_config": config}
 
 
-def _soft_prompted(model) -> bool:
-    config = getattr(model, "active_peft_config", None)
-    return bool(getattr(config, "is_prompt_learning", False))
+def soft_prompted(model) -> bool:
+    """A peft soft prompt (prompt tuning, P-tuning, prefix): with the key/value cache its answers
+    garble after the first token (peft issues 1391, 2123), so such models generate without it (the
+    Evaluate step's batches recompute every step: core.evaluate.generation)."""
+    configs = getattr(model, "peft_config", None) or {}
+    return any(getattr(config, "is_prompt_learning", False) for config in configs.values())
 
 
 def _cancel_criteria(ctx: JobContext):

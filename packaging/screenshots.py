@@ -4,11 +4,14 @@ Drives the app as a user would (new project, load the bundled model, ask it a qu
 enabled step) and saves window grabs to resources/screenshots/. Runs offscreen unless a display
 is set (e.g. under xvfb-run for a real X window).
 
-    python packaging/screenshots.py [--quantize] [--train]
+    python packaging/screenshots.py [--quantize] [--train] [--evaluate]
 
 --quantize also shoots the Precision and Calibrate steps (quantizes the model twice: minutes).
 --train also shoots the Fine-tuning method and Train steps: LoRA with the defaults on the bundled
 unit-conversion set, stopped part way, resumed from its checkpoint, finished, then asked (minutes).
+--evaluate (after --quantize and --train) scores every variant and the baselines on the test split,
+shows the rows where they differ, cross-validates a classifier on the support sample in 5 folds and
+exports the report to resources/screenshots/evaluation-report.html (many minutes).
 """
 
 from __future__ import annotations
@@ -130,6 +133,50 @@ def method_and_train(window) -> None:
     shoot(window, "train-ask")
 
 
+KFOLD_STEPS = 60
+
+
+def evaluate_and_cross_validate(window) -> None:
+    """Evaluate: every variant and baseline on the unit-conversion test split; the rows where they
+    differ; the training curves; then 5-fold cross-validation of feature extraction on the bundled
+    support messages; the report exported."""
+    import copy
+
+    from desktop.widgets import eval_export
+
+    window.show_step("evaluate")
+    pane = window.current_pane()
+    handle = pane.run()
+    wait_for(handle.finished, 3600)
+    shoot(window, "evaluate")
+    pane.tabs.setCurrentWidget(pane.holders["outputs"])
+    pane.outputs.set_filter("disagree")
+    shown = pane.outputs.shown_rows()
+    if shown:
+        tuned = next(v.id for v in pane.evaluation.variants if v.kind == "finetuned")
+        pane.outputs.select(shown[0], tuned)
+    shoot(window, "evaluate-outputs")
+    pane.tabs.setCurrentWidget(pane.holders["training"])
+    shoot(window, "evaluate-curves")
+    settings = window.session.finetune_settings
+    settings.dataset, settings.task = "bundled:classification-support.csv", "classification"
+    settings.method = {"method": "feature"}
+    window.session.project.evaluate.kfold_k = 5
+    window.session.project.evaluate.kfold_max_steps = KFOLD_STEPS
+    pane.restore()
+    pane.tabs.setCurrentWidget(pane.holders["kfold"])
+    handle = pane.run_kfold()
+    wait_for(handle.finished, 3600)
+    shoot(window, "evaluate-kfold")
+    project = window.session.project
+    params = eval_export.ExportParams(OUT / "evaluation-report.html", pane.evaluation, pane.kfold_result,
+                                      copy.deepcopy(project))  # fmt: skip
+    from core.jobs import JobContext
+
+    for path in eval_export.export_job(params, JobContext()):
+        print(f"exported {path}")
+
+
 def main() -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ["QUANTTUNE_NO_AUTOLOAD"] = "1"
@@ -151,14 +198,16 @@ def main() -> int:
     if window.session.model is None:
         print("the default model did not load", file=sys.stderr)
         return 1
-    pane.try_stack.ask_box.ask()
-    wait_for(pane.try_stack.ask_box.answerFinished, 120)
+    pane.ask_box.ask()
+    wait_for(pane.ask_box.answerFinished, 120)
     shoot(window, "load")
     inspect_worst_tensor(window)
     if "--quantize" in sys.argv:
         precision_and_calibrate(window)
     if "--train" in sys.argv:
         method_and_train(window)
+    if "--evaluate" in sys.argv:
+        evaluate_and_cross_validate(window)
     window.session.flush()
     app.quit()
     return 0

@@ -18,15 +18,17 @@ torch is imported on first use: the window imports core before the worker has pa
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import Cancelled, QuantTuneError
 from core.finetune.batches import IGNORE, PLAIN_PROMPT, Example, collate, encode_instruction, pad_id_of
-from core.generate import GREEDY_NEUTRAL
+from core.generate import GREEDY_NEUTRAL, soft_prompted
 from core.jobs import JobContext
 
 
@@ -42,26 +44,16 @@ class Generated:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def soft_prompted(model: Any) -> bool:
-    """A peft soft prompt (prompt tuning, P-tuning, prefix): these garble every token after the
-    first when generating with the key/value cache (peft issues 1391, 2123), so they generate
-    without it — each step recomputes the whole sequence, slower but right."""
-    configs = getattr(model, "peft_config", None) or {}
-    return any(getattr(config, "is_prompt_learning", False) for config in configs.values())
-
-
 def precision(model: Any, setting: str = "auto") -> Any:
     """A context for evaluating ``model``: bf16 autocast with "bf16", or with "auto" where the
     hardware multiplies bf16 natively (``core.finetune.compute.autocast_dtype``); else full precision.
 
-    On the 2-core AVX512-BF16 test machine it makes scoring about 1.6× faster (perplexity of the
-    default model over 512-token windows: 24.92 in fp32, 24.94 under bf16; answer perplexity
-    unchanged at two decimals) and batched generation about 2× faster; greedy answers may differ
-    where two tokens nearly tie. Use the same setting for every variant of a comparison. Autocast
-    is per thread: enter it in the thread that runs the model.
+    On the 2-core AVX512-BF16 test machine (benchmarks/evaluate_speed.py) it makes scoring 1.4-1.8×
+    faster (perplexity of the default model over 512-token windows: 24.92 in fp32, 24.94 under bf16;
+    answer perplexity unchanged at two decimals) and batched generation about 1.6× faster; greedy
+    answers may differ where two tokens nearly tie. Use the same setting for every variant of a
+    comparison. Autocast is per thread: enter it in the thread that runs the model.
     """
-    import contextlib
-
     import torch
 
     from core.finetune.compute import autocast_dtype
@@ -81,12 +73,13 @@ def generate_batch(
     use_cache: bool = True,
 ) -> Generated:
     """Greedy answers to ``prompts`` (chat turns), ``batch_size`` at a time; each row stops at its
-    end of sequence. Cancel is honoured between two generated tokens."""
+    end of sequence. Cancel is honoured between two generated tokens. ``use_cache=False``
+    recomputes the whole sequence for every token (slower; soft-prompted models always do)."""
     import torch
 
     encoded = [prompt_ids(tokenizer, turns) for turns in prompts]
     _check_fits(model, encoded, max_new_tokens)
-    config = _greedy_config(model, tokenizer, max_new_tokens, use_cache and not soft_prompted(model))
+    config = _greedy_config(model, tokenizer, max_new_tokens, use_cache)
     stops = _stop_ids(config.eos_token_id)
     texts, token_ids, done = [""] * len(prompts), [[] for _ in prompts], 0
     started = time.perf_counter()
@@ -134,12 +127,47 @@ def prompt_ids(tokenizer: Any, turns: list[dict]) -> list[int]:
 
 
 def _generate(model: Any, inputs: dict, config: Any, ctx: JobContext) -> Any:
-    import warnings
+    if soft_prompted(model):
+        return _recomputed(model, inputs, config, ctx)
+    return model.generate(**inputs, generation_config=config, stopping_criteria=_cancel_criteria(ctx))
 
+
+def _recomputed(model: Any, inputs: dict, config: Any, ctx: JobContext) -> Any:
+    """Greedy decoding by its definition: each token the argmax of a whole forward pass.
+
+    For peft's soft prompts, whose generate() goes wrong with the key/value cache (peft issues 1391,
+    2123) and, for prefix tuning under transformers 5, also without it (after a few tokens it leaves
+    a full recomputation; found here). The cost is generate()'s without a cache.
+    """
+    import torch
+
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    stops = torch.tensor(sorted(_stop_ids(config.eos_token_id)), dtype=torch.long, device=ids.device)
+    finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    # A prefix's keys carry no rotary position, so a query's absolute position matters: count it
+    # from the row's first real token, as generate() does (peft adds the prefix length). Prompt and
+    # P-tuning take no positions (peft drops them with a warning).
+    prefixed = getattr(getattr(model, "active_peft_config", None), "peft_type", None) == "PREFIX_TUNING"
+    for _ in range(config.max_new_tokens):
+        if ctx.cancelled or finished.all():
+            break
+        positions = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)} if prefixed else {}
+        with _peft_quirks():
+            following = model(input_ids=ids, attention_mask=mask, **positions).logits[:, -1].argmax(-1)
+        following = torch.where(finished, config.pad_token_id, following)  # a finished row pads
+        ids = torch.cat([ids, following[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        finished |= torch.isin(following, stops)
+    return ids
+
+
+@contextlib.contextmanager
+def _peft_quirks() -> Iterator[None]:
+    """Silence warnings from peft's soft prompts that name nothing the user or this code can change."""
     with warnings.catch_warnings():
-        # generate() hands peft position ids that soft prompts ignore by design: nothing to act on
-        warnings.filterwarnings("ignore", message="Position ids are not supported", category=UserWarning)
-        return model.generate(**inputs, generation_config=config, stopping_criteria=_cancel_criteria(ctx))
+        # prefix tuning hands transformers 5 its prefix as past_key_values, deprecated for cache
+        warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
+        yield
 
 
 def _greedy_config(model: Any, tokenizer: Any, max_new_tokens: int, use_cache: bool) -> Any:
@@ -281,7 +309,8 @@ def _logits_at(model: Any, ids: Any, mask: Any, keep: Any) -> Any:
     if soft_prompted(model):
         # peft adds virtual tokens in front (prompt, P-tuning) or in the cache (prefix): the last
         # ``width`` positions are the real ones either way; logits_to_keep would miss that shift
-        return model(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1] :][keep]
+        with _peft_quirks():
+            return model(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1] :][keep]
     return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
 
 
@@ -332,14 +361,12 @@ def _device(model: Any) -> Any:
     return next(model.parameters()).device
 
 
-class _eval_mode:
+@contextlib.contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
     """No dropout while evaluating (the figures are exact); the model's mode is restored after."""
-
-    def __init__(self, model: Any) -> None:
-        self.model, self.was_training = model, model.training
-
-    def __enter__(self) -> None:
-        self.model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        self.model.train(self.was_training)
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

@@ -17,6 +17,7 @@ from typing import Any
 
 from core.errors import Cancelled, QuantTuneError
 from core.evaluate import results, scoring, variants
+from core.evaluate.generation import precision
 from core.evaluate.metrics import TASK_METRICS
 from core.evaluate.testdata import load_test_data
 
@@ -84,8 +85,8 @@ def run(params: EvaluateParams, ctx: Any) -> results.Evaluation:
     evaluation = results.Evaluation(
         id=params.evaluation_id or Path(params.output).name,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        task=data.task, dataset=params.project.finetune.dataset, metrics=list(TASK_METRICS[task]),
-        examples=data.examples, labels=data.labels, settings=_plain(s),
+        task=data.task, dataset=params.project.finetune.dataset, metrics=_metrics(task),
+        examples=data.examples, labels=data.labels, settings=_plain(s, params.loaded.model),
     )  # fmt: skip
     if "meteor" in evaluation.metrics:
         from core.evaluate.wordnet import find_wordnet, why_no_wordnet
@@ -102,13 +103,23 @@ def run(params: EvaluateParams, ctx: Any) -> results.Evaluation:
     return evaluation
 
 
+def _metrics(task: str) -> list[str]:
+    """The task's metrics, and the held-out text's perplexity for models that generate."""
+    keys = list(TASK_METRICS[task])
+    return keys if task == "classification" else [*keys, "text_perplexity"]
+
+
 def _score_one(
     info: variants.VariantInfo, params: EvaluateParams, data: Any, ctx: Any
 ) -> results.VariantResult:
     opened = None
     try:
         opened = variants.open_variant(info, params.project, params.loaded, ctx)
-        return scoring.score(info, opened, data, params.settings, ctx)
+        with precision(opened.model, scoring.AUTOCAST):  # entered here: autocast is per thread
+            result = scoring.score(info, opened, data, params.settings, ctx)
+        if data.task != "classification" and info.kind not in variants.BASELINES:  # the model, not a prompt
+            result.scores["text_perplexity"] = scoring.text_perplexity(opened, _held_out(params.project), ctx)
+        return result
     except Cancelled:
         raise
     except QuantTuneError as exc:
@@ -121,7 +132,16 @@ def _score_one(
             gc.collect()
 
 
-def _plain(settings: Any) -> dict[str, Any]:
+def _held_out(project: Any) -> str:
+    from core.quant.plan import read_text
+
+    return read_text(project.quantize.eval_file, "heldout")
+
+
+def _plain(settings: Any, model: Any) -> dict[str, Any]:
+    from core.finetune.compute import autocast_dtype
+
     data = asdict(settings)
     data.pop("marks", None)
+    data["compute"] = "bf16 autocast" if autocast_dtype(scoring.AUTOCAST, model) is not None else "fp32"
     return data

@@ -75,6 +75,10 @@ METRICS: dict[str, Metric] = {
         Metric("perplexity", "Perplexity", "How surprised the model is by the reference answers: e to the "
                "mean negative log-probability of the answer tokens. Lower is better; 1 would be a perfect "
                "guess.", higher_is_better=False, scale="ratio"),
+        Metric("text_perplexity", "Perplexity (text)", "Perplexity over a held-out text (the Calibrate "
+               "step's evaluation text, 512-token windows): how well the model still predicts plain "
+               "language, the usual measure of what quantization cost. Lower is better.",
+               higher_is_better=False, scale="ratio"),
         Metric("distinct_1", "Distinct-1", "Different words ÷ all words, over all outputs together. Low "
                "values mean the model keeps using the same words."),
         Metric("distinct_2", "Distinct-2", "Different word pairs ÷ all word pairs over all outputs. Low "

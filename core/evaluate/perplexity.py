@@ -70,6 +70,10 @@ class PerplexityParams:
     text: str = field(repr=False, default="")
     window: int = 512
     max_tokens: int = 4096
+    # Evaluate's speed: several windows per forward pass and bf16 autocast where native (the
+    # figure moves by about 0.02 at 25); the Quantize step keeps one FP32 window at a time.
+    windows_per_pass: int = 1
+    autocast: str = "off"  # "off", "bf16" or "auto" (core.evaluate.generation.precision)
 
     def validate(self) -> list[str]:
         problems = []
@@ -103,21 +107,25 @@ def windows_of(tokenizer, text: str, window: int, max_tokens: int):
 def run(params: PerplexityParams, ctx) -> PerplexityResult:
     import torch
 
-    batches = windows_of(params.tokenizer, params.text, params.window, params.max_tokens)
+    from core.evaluate.generation import precision
+
+    windows = windows_of(params.tokenizer, params.text, params.window, params.max_tokens)
     device = next(params.model.parameters()).device
+    step = max(1, params.windows_per_pass)
     total_nll, total_tokens = 0.0, 0
     ctx.stage("Measuring perplexity")
-    with torch.inference_mode():
-        for i, window in enumerate(batches):
+    with torch.inference_mode(), precision(params.model, params.autocast):
+        for start in range(0, len(windows), step):
             ctx.check_cancelled()
-            ids = window.unsqueeze(0).to(device)
-            loss = params.model(input_ids=ids, labels=ids).loss  # mean NLL over window − 1 tokens
+            ids = windows[start : start + step].to(device)
+            loss = params.model(input_ids=ids, labels=ids).loss  # mean NLL over every predicted token
             if not torch.isfinite(loss):
                 raise QuantTuneError(
                     "The model's loss is NaN or infinite on the evaluation text.",
                     "The weights are probably broken (e.g. by too aggressive quantization); try more bits.",
                 )
-            total_nll += float(loss) * (ids.shape[1] - 1)
-            total_tokens += ids.shape[1] - 1
-            ctx.progress(i + 1, len(batches), "Measuring perplexity")
-    return PerplexityResult(math.exp(total_nll / total_tokens), total_tokens, len(batches), params.window)
+            predicted = ids.shape[0] * (ids.shape[1] - 1)
+            total_nll += float(loss) * predicted
+            total_tokens += predicted
+            ctx.progress(min(start + step, len(windows)), len(windows), "Measuring perplexity")
+    return PerplexityResult(math.exp(total_nll / total_tokens), total_tokens, len(windows), params.window)

@@ -77,10 +77,13 @@ class Column:
 COST_COLUMNS = (
     Column("size_bytes", "Size", "The variant's weights: on disk for a saved model, in memory for the base "
            "model (baselines use the base model). Lower is cheaper to ship.", False, True, 1e-6, "MB"),
-    Column("peak_memory_bytes", "Memory", "The memory the variant needed while it was scored. Lower is "
-           "cheaper to run.", False, True, 1e-6, "MB"),
-    Column("tokens_per_second", "Tokens/s", "Generated tokens per second while scoring (batched, greedy "
-           "decoding). Higher is faster.", True, True),
+    Column("peak_memory_bytes", "Memory", "What the variant's weights take in memory while it runs here. "
+           "Integer (RTN, GPTQ, AWQ, QAT) models run with their weights decoded to float on this CPU, so "
+           "they take what the base takes; bitsandbytes models stay 4- or 8-bit. Lower is cheaper to run.",
+           False, True, 1e-6, "MB"),
+    Column("tokens_per_second", "Tokens/s", "Tokens per second while scoring: generated tokens (batched, "
+           "greedy); for classification, tokens read. Baselines read longer prompts. Higher is faster.",
+           True, True),
 )  # fmt: skip
 
 

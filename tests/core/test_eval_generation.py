@@ -20,6 +20,9 @@ QUESTIONS = [
     "The capital of Italy is Rome. What is the capital of France? Is it Paris?",
 ]
 PROMPTS = [[{"role": "user", "content": q}] for q in QUESTIONS]
+# One thread: on 2 shared cores, two OpenMP threads spin-wait on each other over these tiny matrices
+# (seconds instead of milliseconds per test); the answers are the same either way.
+pytestmark = pytest.mark.usefixtures("single_thread")
 ANSWERS = ["Paris.", "The capital of France is Paris.", "Yes", "naïve", "Paris is the answer."]
 
 
@@ -120,13 +123,11 @@ def test_a_prompt_longer_than_the_context_is_named(tiny_loaded):
     assert "answer length" in info.value.fix
 
 
-def soft_prompted_copy(loaded):
+def soft_prompted_copy(loaded, kind="prompt"):
     from core.finetune import methods
 
     torch.manual_seed(0)
-    model = methods.apply(
-        copy.deepcopy(loaded.model), methods.MethodSettings(method="prompt", virtual_tokens=4)
-    )
+    model = methods.apply(copy.deepcopy(loaded.model), methods.MethodSettings(method=kind, virtual_tokens=4))
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
@@ -134,11 +135,16 @@ def soft_prompted_copy(loaded):
     return model.eval()
 
 
-def test_a_soft_prompted_model_generates_without_the_cache(tiny_loaded):
-    model, tokenizer = soft_prompted_copy(tiny_loaded), tiny_loaded.tokenizer
+@pytest.mark.parametrize("kind", ["prompt", "prefix"])
+def test_a_soft_prompted_model_answers_as_a_full_recomputation_does(tiny_loaded, kind):
+    """peft's generate() with soft prompts leaves greedy decoding after a few tokens (with the
+    key/value cache for all of them, and without it too for prefix tuning under transformers 5)."""
+    model, tokenizer = soft_prompted_copy(tiny_loaded, kind), tiny_loaded.tokenizer
     assert generation.soft_prompted(model) and not generation.soft_prompted(tiny_loaded.model)
-    result = generation.generate_batch(model, tokenizer, PROMPTS[:2], 6, 1, JobContext())
-    for turns, got in zip(PROMPTS[:2], result.token_ids, strict=True):
+    # a prompt-tuned row sees its virtual tokens further away behind padding: alone, one at a time
+    batch_size = 2 if kind == "prefix" else 1
+    result = generation.generate_batch(model, tokenizer, PROMPTS[:3], 6, batch_size, JobContext())
+    for turns, got in zip(PROMPTS[:3], result.token_ids, strict=True):
         ids = torch.tensor([generation.prompt_ids(tokenizer, turns)])
         with torch.no_grad():  # each token the argmax of a whole forward pass
             for _ in range(6):
@@ -165,10 +171,10 @@ def perplexity_by_hand(model, tokenizer):
     return math.exp(sum(s for s, _ in scores) / sum(c for _, c in scores)), sum(c for _, c in scores)
 
 
-@pytest.mark.parametrize("soft_prompt", [False, True], ids=["plain", "prompt-tuned"])
-def test_answer_perplexity_equals_a_loop_over_single_examples(tiny_loaded, soft_prompt):
+@pytest.mark.parametrize("kind", ["plain", "prompt", "prefix"])
+def test_answer_perplexity_equals_a_loop_over_single_examples(tiny_loaded, kind):
     tokenizer = tiny_loaded.tokenizer
-    model = soft_prompted_copy(tiny_loaded) if soft_prompt else tiny_loaded.model
+    model = soft_prompted_copy(tiny_loaded, kind) if kind != "plain" else tiny_loaded.model
     model.train()  # evaluation must switch dropout off, and give the mode back
     events = []
     ppl, tokens = generation.answer_perplexity(

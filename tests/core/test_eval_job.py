@@ -86,6 +86,12 @@ def test_every_variant_answers_the_same_test_rows(project, tiny_loaded):
     )
     assert quant.size_bytes < base.size_bytes  # INT8 against FP32
     assert evaluation.variant(f"train:{run_id}").scores["perplexity"] != base.scores["perplexity"]
+    # the held-out text's perplexity, as the Quantize step measures it, for the models only
+    assert evaluation.metrics[-1] == "text_perplexity"
+    models = [v for v in evaluation.variants if v.kind not in variants.BASELINES]
+    assert all(v.scores["text_perplexity"] > 1.0 for v in models)
+    assert all(v.scores.get("text_perplexity") is None for v in evaluation.variants if v not in models)
+    assert quant.scores["text_perplexity"] != base.scores["text_perplexity"]
     # the test rows are the Train step's own: no run of these settings trained on them
     trained = variants.trained_rows(project, project.train_runs[0])
     assert trained and not trained & {e.row for e in evaluation.examples}
