@@ -3,7 +3,8 @@ or more on 2 CPU cores).
 
 Prints, each as the median of RUNS runs:
 - text perplexity over the bundled held-out text (core.evaluate.perplexity.run: 512-token windows,
-  4,096 tokens), in predicted tokens per second;
+  4,096 tokens; one window per forward pass as the Quantize step measures, and four as the Evaluate
+  step does), in predicted tokens per second;
 - answer perplexity (core.evaluate.generation.answer_perplexity) over the test rows of the bundled
   instructions dataset (the Train step's default-style split: seed 0, 20 % test), in tokens read per
   second (prompt and answer) and answer tokens scored per second;
@@ -58,11 +59,13 @@ def measure(loaded, runs: int, precision) -> None:
 
     model, tokenizer = loaded.model, loaded.tokenizer
     prompts, answers = test_rows()
-    params = perplexity.PerplexityParams(model, tokenizer, perplexity.bundled_text("heldout"))
+    text = perplexity.bundled_text("heldout")
     with precision():
-        seconds, result = median_of(lambda: perplexity.run(params, JobContext()), runs)
-        print(f"  text perplexity   {result.perplexity:8.2f}  {result.tokens / seconds:7.0f} tokens/s "
-              f"({result.windows} windows of {result.window})")  # fmt: skip
+        for per_pass in (1, 4):  # the Quantize step: 1 window per forward pass; the Evaluate step: 4
+            params = perplexity.PerplexityParams(model, tokenizer, text, windows_per_pass=per_pass)
+            seconds, result = median_of(lambda p=params: perplexity.run(p, JobContext()), runs)
+            print(f"  text perplexity   {result.perplexity:8.2f}  {result.tokens / seconds:7.0f} tokens/s "
+                  f"({result.windows} windows of {result.window}, {per_pass} per pass)")  # fmt: skip
         read = sum(len(encode_instruction(tokenizer, t, a)[0]) for t, a in zip(prompts, answers, strict=True))
         seconds, (ppl, scored) = median_of(
             lambda: generation.answer_perplexity(model, tokenizer, prompts, answers, 8, JobContext()), runs

@@ -37,13 +37,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     loaded = _load_model(project, args)
     if args.list:
         return _print_variants(project, loaded, args.json)
+    from core.evaluate import runs
+
     if args.kfold is not None:
-        result = _kfold(project, loaded, args)
-        data, text = result.to_dict(), _kfold_text(result)
+        latest = runs.latest_evaluation(project)
+        if (args.report or args.csv) and latest is None:  # said before the folds train, not after
+            raise QuantTuneError(
+                "The report shows an evaluation of the variants, and there is none yet.",
+                "Run `quanttune evaluate --project …` first, then --kfold with --report.",
+            )
+        kfold = _kfold(project, loaded, args)
+        evaluation = latest[0] if latest else None
+        data, text = kfold.to_dict(), _kfold_text(kfold)
     else:
-        evaluation, folder = _evaluate(project, loaded, args)
+        evaluation, _folder = _evaluate(project, loaded, args)
+        kfold = runs.latest_kfold(project) if keep else None
         data, text = evaluation.to_dict(), _table(evaluation)
-        _export(args, evaluation, project)
+    if evaluation is not None:
+        _export(args, evaluation, kfold, project)
     if keep:
         save_project(project)
     print(json.dumps(data, indent=2, default=str) if args.json else text)
@@ -123,16 +134,15 @@ def _kfold(project: Any, loaded: Any, args: argparse.Namespace):
     return result
 
 
-def _export(args: argparse.Namespace, evaluation: Any, project: Any) -> None:
+def _export(args: argparse.Namespace, evaluation: Any, kfold: Any, project: Any) -> None:
+    """The report as the window exports it (HTML, CSV of numbers and of outputs, JSON), if asked."""
     from core.evaluate import report
 
     if args.report:
-        print(
-            f"report: {report.write_html(Path(args.report), evaluation, project_name=project.name)}",
-            file=sys.stderr,
-        )
+        written = report.export_all(Path(args.report).with_suffix(".html"), evaluation, kfold, project)
+        print("report: " + ", ".join(str(p) for p in written), file=sys.stderr)
     if args.csv:
-        print(f"numbers: {report.write_csv(Path(args.csv), evaluation)}", file=sys.stderr)
+        print(f"numbers: {report.write_csv(Path(args.csv), evaluation, kfold)}", file=sys.stderr)
 
 
 # -- text output ----------------------------------------------------------------------------
@@ -165,6 +175,8 @@ def _kfold_text(result: Any) -> str:
         lines.append(f"  {METRICS[key].title if key in METRICS else key}: {shown}")
     if result.cancelled:
         lines.append(f"cancelled after {len(result.folds)} of {result.k} folds")
+    if result.settings.get("error"):
+        lines.append(f"stopped after {len(result.folds)} of {result.k} folds: {result.settings['error']}")
     return "\n".join(lines)
 
 
@@ -180,9 +192,8 @@ def add_evaluate_parser(sub) -> None:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--project", metavar="NAME_OR_FOLDER", help="a project's name or folder")
     source.add_argument("--dataset", help="without a project: a data file, or bundled:NAME")
-    p.add_argument(
-        "--task", help="without a project: instruction (default), qa, summarization, classification"
-    )
+    tasks = ("instruction", "qa", "summarization", "classification", "causal_lm")
+    p.add_argument("--task", choices=tasks, help="without a project: the task (default instruction)")
     p.add_argument("--output", type=Path, help="without a project: the folder the evaluation is kept in")
     p.add_argument("--model", help="'default', a model folder, a .gguf file or a cached repo id")
     p.add_argument("--device", help="auto (GPU if present), cpu, cuda, cuda:N or mps")

@@ -126,13 +126,14 @@ class FinetuneSettings:
 class EvaluateSettings:
     """The Evaluate step: which variants and baselines to score on the test split, and k-fold.
 
-    ``variants`` empty means every variant the project has. ``few_shot`` is the number of
-    training examples put in the prompt (0: no few-shot baseline); ``rag_top_k`` the number of
-    training documents retrieved (0: no RAG baseline). ``marks`` keeps the user's verdicts on
-    outputs: "variant id|row" -> {"mark": "good" | "bad", "output": the text that was marked}.
+    ``skipped`` holds the model variants the user unchecked (a new run starts checked).
+    ``few_shot`` is the number of training examples put in the prompt (0: no few-shot baseline);
+    ``rag_top_k`` the number of training documents retrieved (0: no RAG baseline). ``marks`` keeps
+    the user's verdicts on outputs: "variant id|row" -> {"mark": "good" | "bad", "output": the text
+    that was marked}.
     """
 
-    variants: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     zero_shot: bool = True
     few_shot: int = 3
     rag_top_k: int = 2

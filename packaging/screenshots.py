@@ -11,7 +11,8 @@ is set (e.g. under xvfb-run for a real X window).
 unit-conversion set, stopped part way, resumed from its checkpoint, finished, then asked (minutes).
 --evaluate (after --quantize and --train) scores every variant and the baselines on the test split,
 shows the rows where they differ, cross-validates a classifier on the support sample in 5 folds and
-exports the report to resources/screenshots/evaluation-report.html (many minutes).
+exports the report to resources/screenshots/evaluation-report.html (many minutes). --reuse opens the
+project an earlier run made instead of a new one (e.g. --reuse --evaluate after --quantize --train).
 """
 
 from __future__ import annotations
@@ -134,6 +135,7 @@ def method_and_train(window) -> None:
 
 
 KFOLD_STEPS = 60
+PROJECT = "Capital cities"
 
 
 def evaluate_and_cross_validate(window) -> None:
@@ -180,6 +182,7 @@ def evaluate_and_cross_validate(window) -> None:
 def main() -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ["QUANTTUNE_NO_AUTOLOAD"] = "1"
+    from core.project import list_projects
     from desktop.app import create_app
     from desktop.main_window import MainWindow
 
@@ -190,7 +193,11 @@ def main() -> int:
     window.start_background_work(autoload=False)
     OUT.mkdir(parents=True, exist_ok=True)
     shoot(window, "start")
-    window.session.new_project("Capital cities")
+    reuse = [p for p in list_projects() if p.name == PROJECT] if "--reuse" in sys.argv else []
+    if reuse:  # the project an earlier --quantize --train run left, with its runs
+        window.session.open_project(reuse[0].folder)
+    else:
+        window.session.new_project(PROJECT)
     window.show_step("load")
     pane = window.current_pane()
     handle = pane.load_default()

@@ -99,10 +99,16 @@ def generate_batch(
     return Generated(texts, sum(len(ids) for ids in token_ids), seconds, token_ids)
 
 
+PLAIN_TEXT = "text"  # the role of a prompt that is plain text to continue, as domain text is trained
+
+
 def prompt_ids(tokenizer: Any, turns: list[dict]) -> list[int]:
     """The token ids the model answers after, laid out as ``batches.encode_instruction`` lays out a
     training prompt. Without a chat template, earlier exchanges (few-shot examples) are written in
-    the same plain form, each followed by its answer."""
+    the same plain form, each followed by its answer. A single PLAIN_TEXT turn is plain text, as
+    plain-text (domain) training reads it: no template."""
+    if len(turns) == 1 and turns[0]["role"] == PLAIN_TEXT:
+        return tokenizer(turns[0]["content"], add_special_tokens=True)["input_ids"]
     if getattr(tokenizer, "chat_template", None):
         from jinja2 import TemplateError
 
@@ -231,10 +237,20 @@ def answer_perplexity(
     """Perplexity over the answer tokens only, the prompt being context: exp(Σ NLL / Σ answer tokens),
     and that token count. The answer ends with the template's end of turn, as in training, so this
     is exp of the Train step's validation loss on the same rows. No rows: (nan, 0)."""
-    examples = [Example(*encode_instruction(tokenizer, t, a)) for t, a in zip(prompts, answers, strict=True)]
+    examples = [_answer_example(tokenizer, t, a) for t, a in zip(prompts, answers, strict=True)]
     scores = answer_scores(model, examples, pad_id_of(tokenizer), batch_size, ctx, "Scoring answers")
     nll, count = sum(s for s, _ in scores), sum(c for _, c in scores)
     return (math.exp(nll / count) if count else math.nan), count
+
+
+def _answer_example(tokenizer: Any, turns: list[dict], answer: str) -> Example:
+    """The prompt as context and the answer's tokens to score; plain text continues as trained."""
+    if len(turns) == 1 and turns[0]["role"] == PLAIN_TEXT:
+        context = prompt_ids(tokenizer, turns)
+        rest = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        return Example(context + rest + eos, [IGNORE] * len(context) + rest + eos)
+    return Example(*encode_instruction(tokenizer, turns, answer))
 
 
 def classify_by_likelihood(

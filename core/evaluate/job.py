@@ -31,7 +31,7 @@ class EvaluateParams:
     project: Any = field(compare=False, repr=False)  # core.project.Project
     settings: Any = None  # core.project.EvaluateSettings (a copy: the window may edit the project's)
     output: Path = Path()
-    variant_ids: tuple[str, ...] = ()  # empty: every available variant
+    variant_ids: tuple[str, ...] = ()  # the ids to score (core.evaluate.variants)
     evaluation_id: str = ""
 
     def validate(self) -> list[str]:
@@ -39,10 +39,6 @@ class EvaluateParams:
         s = self.settings
         if self.loaded is None or getattr(self.loaded, "model", None) is None:
             problems.append("load a model first (the Load model step)")
-        if self.project is not None and not self.project.finetune.dataset:
-            problems.append(
-                "choose a dataset in the Fine-tuning method step: its test split is what is scored"
-            )
         if s is None:
             return [*problems, "no Evaluate settings"]
         if not 0 <= s.max_examples <= MAX_EXAMPLES:
@@ -55,26 +51,48 @@ class EvaluateParams:
             problems.append("few-shot takes 0 to 16 examples")
         if not 0 <= s.rag_top_k <= 8:
             problems.append("RAG retrieves 0 to 8 documents")
-        if self.project is not None and self.loaded is not None and not chosen(self):
+        if self.project is not None and (unknown := unknown_ids(self.project, self.loaded, self.variant_ids)):
+            problems.append(
+                f"there is no variant {', '.join(unknown)} (`quanttune evaluate --list` names them)"
+            )
+        elif self.project is not None and self.loaded is not None and not chosen(self):
             problems.append("no variant is chosen (or none of the chosen ones can be scored)")
         return problems
 
 
 def chosen(params: EvaluateParams) -> list[variants.VariantInfo]:
-    """The variants to score: the chosen ids (or every one) that can be scored, in the table's order."""
-    every = variants.list_variants(params.project, params.loaded)
+    """The variants to score (the given ids that can be scored), in the table's order."""
     wanted = set(params.variant_ids)
-    return [v for v in every if v.available and (not wanted or v.id in wanted)]
+    found = variants.list_variants(params.project, params.loaded)
+    return [v for v in found if v.available and v.id in wanted]
+
+
+def default_variant_ids(project: Any, loaded: Any) -> tuple[str, ...]:
+    """What the window and the CLI score: every model the user left checked, then the baselines the
+    settings ask for, each only where it can be scored."""
+    s = project.evaluate
+    asked = {"zero-shot": s.zero_shot, "few-shot": s.few_shot > 0, "rag": s.rag_top_k > 0}
+    found = [v for v in variants.list_variants(project, loaded) if v.available]
+    models = [v.id for v in found if v.kind not in variants.BASELINES and v.id not in s.skipped]
+    return (*models, *(v.id for v in found if asked.get(v.kind)))
+
+
+def unknown_ids(project: Any, loaded: Any, ids: tuple[str, ...]) -> list[str]:
+    known = {v.id for v in variants.list_variants(project, loaded)}
+    return [i for i in ids if i not in known]
 
 
 def evaluate_params(project: Any, loaded: Any, variant_ids: tuple[str, ...] = ()) -> EvaluateParams:
-    """Parameters for the project's settings, with a fresh folder for the result."""
+    """Parameters for the project's settings, with a fresh folder for the result. The job gets a copy
+    of the project taken now: the window may go on editing the project while it runs."""
+    import copy
+
     from core.evaluate.runs import new_evaluation
 
     evaluation_id, folder = new_evaluation(project)
     settings = replace(project.evaluate, marks={})
-    ids = tuple(variant_ids) or tuple(project.evaluate.variants)
-    return EvaluateParams(loaded, project, settings, folder, ids, evaluation_id)
+    ids = tuple(variant_ids) or default_variant_ids(project, loaded)
+    return EvaluateParams(loaded, copy.deepcopy(project), settings, folder, ids, evaluation_id)
 
 
 def run(params: EvaluateParams, ctx: Any) -> results.Evaluation:
@@ -85,7 +103,7 @@ def run(params: EvaluateParams, ctx: Any) -> results.Evaluation:
     evaluation = results.Evaluation(
         id=params.evaluation_id or Path(params.output).name,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        task=data.task, dataset=params.project.finetune.dataset, metrics=_metrics(task),
+        task=data.task, dataset=_dataset_name(params.project.finetune), metrics=metrics_of(task),
         examples=data.examples, labels=data.labels, settings=_plain(s, params.loaded.model),
     )  # fmt: skip
     if "meteor" in evaluation.metrics:
@@ -103,33 +121,47 @@ def run(params: EvaluateParams, ctx: Any) -> results.Evaluation:
     return evaluation
 
 
-def _metrics(task: str) -> list[str]:
+def metrics_of(task: str) -> list[str]:
     """The task's metrics, and the held-out text's perplexity for models that generate."""
     keys = list(TASK_METRICS[task])
     return keys if task == "classification" else [*keys, "text_perplexity"]
 
 
-def _score_one(
-    info: variants.VariantInfo, params: EvaluateParams, data: Any, ctx: Any
-) -> results.VariantResult:
+def _score_one(info: Any, params: EvaluateParams, data: Any, ctx: Any) -> results.VariantResult:
     opened = None
     try:
         opened = variants.open_variant(info, params.project, params.loaded, ctx)
         with precision(opened.model, scoring.AUTOCAST):  # entered here: autocast is per thread
             result = scoring.score(info, opened, data, params.settings, ctx)
-        if data.task != "classification" and info.kind not in variants.BASELINES:  # the model, not a prompt
-            result.scores["text_perplexity"] = scoring.text_perplexity(opened, _held_out(params.project), ctx)
+            if data.task != "classification" and info.kind not in variants.BASELINES:  # the model itself
+                _add_text_perplexity(result, opened, params.project, ctx)
         return result
     except Cancelled:
         raise
     except QuantTuneError as exc:
-        return results.VariantResult(info.id, info.label, info.kind, error=f"{exc.message} {exc.fix}".strip())
-    except (RuntimeError, ValueError, OSError) as exc:  # one variant's failure must not cost the others
+        return results.VariantResult(info.id, info.label, info.kind, error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - shown in the variant's row; the other variants are still scored
         return results.VariantResult(info.id, info.label, info.kind, error=f"{type(exc).__name__}: {exc}")
     finally:
         if opened is not None and opened.model is not params.loaded.model:
             del opened
             gc.collect()
+
+
+def _add_text_perplexity(result: results.VariantResult, opened: Any, project: Any, ctx: Any) -> None:
+    """The held-out text's perplexity; a text that cannot be read leaves the column empty, with why."""
+    try:
+        result.scores["text_perplexity"] = scoring.text_perplexity(opened, _held_out(project), ctx)
+    except Cancelled:
+        raise
+    except QuantTuneError as exc:
+        result.notes.append(f"Perplexity (text) has no value: {exc}")
+
+
+def _dataset_name(finetune: Any) -> str:
+    from core.finetune.runs import BUNDLED_PREFIX, DEFAULT_DATASET
+
+    return finetune.dataset or BUNDLED_PREFIX + DEFAULT_DATASET  # none chosen: the Train step's default
 
 
 def _held_out(project: Any) -> str:

@@ -9,7 +9,10 @@ figure can be trusted; ``KFoldResult.summary`` gives mean ± standard deviation.
 
 Each fold trains into ``output/fold-N``, removed once the fold is scored (unless ``keep_models``):
 k trained models would fill the disk for nothing, their scores are what is kept, in
-``output/kfold.json``. A cancel keeps the folds that finished.
+``output/kfold.json``. A cancel keeps the folds that finished; so does an error in a later fold
+(the result then says why it stopped, in ``settings["error"]``). The folds train with the Train
+step's recipe (warmup, packing, autocast, gradient checkpointing) and are scored under the same
+precision as the Evaluate job, so a fold's figures compare with the Evaluate table's.
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import Cancelled
+from core.errors import Cancelled, QuantTuneError
 from core.evaluate.results import KFOLD_FILE, KFoldResult
 from core.finetune import methods
 from core.jobs import JobContext
 
 TASKS = ("instruction", "classification", "qa", "summarization", "text", "causal_lm")
 TRAIN_SHARE = 0.8  # of a fold's progress bar: training; the rest is scoring
+MAX_K = 20  # more folds train more models than a CPU session can wait for, for little gain
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +50,11 @@ class KFoldParams:
     max_length: int = 512
     validation_ratio: float = 0.1  # of each fold's training part: the training loop's validation loss
     drop_bad_rows: bool = False
+    # the Train step's recipe (defaults as core.project.FinetuneSettings): each fold trains as a run would
+    warmup_steps: int = 0
+    pack: bool = True
+    autocast: str = "auto"
+    gradient_checkpointing: bool = False
     output: Path  # a folder: output/fold-N per fold, output/kfold.json
     keep_models: bool = False  # keep each fold's trained model in output/fold-N
     max_new_tokens: int = 64
@@ -56,8 +65,8 @@ class KFoldParams:
         problems = []
         if self.task not in TASKS:
             problems.append(f"unknown task {self.task!r} (choose {', '.join(TASKS[:-1])})")
-        if self.k < 2:
-            problems.append("cross-validation needs at least 2 folds")
+        if not 2 <= self.k <= MAX_K:
+            problems.append(f"cross-validation needs at least 2 folds (and at most {MAX_K})")
         if self.max_new_tokens < 1 or self.eval_batch_size < 1:
             problems.append("the answer length and the scoring batch size are at least 1")
         if self.max_test_rows < 0:
@@ -82,6 +91,8 @@ def train_params(params: KFoldParams, output: Path, rows: tuple | None) -> Any:
         method=params.method, max_length=params.max_length, validation_ratio=params.validation_ratio,
         test_ratio=0.0, drop_bad_rows=params.drop_bad_rows, seed=params.seed, batch_size=params.batch_size,
         learning_rate=params.learning_rate, max_steps=params.max_steps, epochs=params.epochs, rows=rows,
+        warmup_steps=params.warmup_steps, pack=params.pack, autocast=params.autocast,
+        gradient_checkpointing=params.gradient_checkpointing,
     )  # fmt: skip
 
 
@@ -202,6 +213,12 @@ def run(params: KFoldParams, ctx: JobContext) -> KFoldResult:
                 raise
             result.cancelled = True
             break
+        except (QuantTuneError, RuntimeError, OSError) as exc:  # the finished folds are still worth keeping
+            if not result.folds:
+                raise
+            result.settings["error"] = fold_error(index, params.k, exc)
+            ctx.log(result.settings["error"])
+            break
         result.folds.append(scores)
         result.fold_sizes.append(sizes)
         ctx.emit("fold", index=index, scores=dict(scores), sizes=sizes)
@@ -209,6 +226,12 @@ def run(params: KFoldParams, ctx: JobContext) -> KFoldResult:
 
     write_json(Path(params.output) / KFOLD_FILE, result.to_dict())
     return result
+
+
+def fold_error(index: int, k: int, exc: BaseException) -> str:
+    """What stopped the run at fold ``index`` (0-based), as the result records it."""
+    why = str(exc) if isinstance(exc, QuantTuneError) else f"{type(exc).__name__}: {exc}"
+    return f"Fold {index + 1} of {k} failed: {why}"
 
 
 def run_fold(
@@ -260,6 +283,14 @@ def metric_keys(task: str, metrics: Any) -> list[str]:
 
 def score_fold(params: KFoldParams, data: FoldData, model: Any, rows: list[int], ctx: FoldContext) -> dict:
     """The task's metrics of ``model`` on the fold's test ``rows`` (NaN or None where one has no value)."""
+    from core.evaluate import generation
+    from core.evaluate.scoring import AUTOCAST
+
+    with generation.precision(model, AUTOCAST):  # as the Evaluate job scores: the figures compare
+        return _score(params, data, model, rows, ctx)
+
+
+def _score(params: KFoldParams, data: FoldData, model: Any, rows: list[int], ctx: FoldContext) -> dict:
     from core.evaluate import generation, metrics
 
     tokenizer = params.loaded.tokenizer

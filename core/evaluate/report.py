@@ -106,12 +106,12 @@ def _kfold_rows(kfold: KFoldResult) -> Iterable[list[Any]]:
 
 def _example_table(evaluation: Evaluation) -> tuple[list[str], list[list[Any]]]:
     score_keys = {v.id: sorted({k for s in v.example_scores for k in s}) for v in evaluation.variants}
-    header = ["row", "input", "reference"]
+    header = ["row of the file (from 1)", "input", "reference"]
     for v in evaluation.variants:
         header += [f"{v.id}: output"] + [f"{v.id}: {k}" for k in score_keys[v.id]]
     rows = []
     for i, example in enumerate(evaluation.examples):
-        row: list[Any] = [example.row, example.prompt, example.reference]
+        row: list[Any] = [example.row + 1, example.prompt, example.reference]  # as the app numbers rows
         for v in evaluation.variants:
             scores = v.example_scores[i] if i < len(v.example_scores) else {}
             row += [_output(v, i)] + [scores.get(k) for k in score_keys[v.id]]
@@ -288,7 +288,7 @@ def _examples_html(evaluation: Evaluation, marks: Marks) -> str:
         )
         kind = "differs" if disagree(outputs) or any(wrong) else "same"
         rows.append(
-            f'<tr class="{kind}"><td class="num">{example.row}</td>'
+            f'<tr class="{kind}"><td class="num">{example.row + 1}</td>'
             f'<td class="text">{_cell_text(example.prompt)}</td>'
             f'<td class="text">{_cell_text(example.reference)}</td>{cells}</tr>'
         )
@@ -298,7 +298,7 @@ def _examples_html(evaluation: Evaluation, marks: Marks) -> str:
         "the reference's words it lacks are struck through. Marks are the verdicts given in the app.</p>\n"
         '<input type="checkbox" id="only-differing" class="no-print"> <label for="only-differing" '
         'class="no-print">Only rows where variants disagree or are wrong</label>\n'
-        + _table(["Row", "Input", "Reference", *(v.label for v in shown)], rows)
+        + _table(["Row of the file", "Input", "Reference", *(v.label for v in shown)], rows)
     )
 
 
@@ -330,3 +330,20 @@ def _kfold_html(kfold: KFoldResult) -> str:
         _table(["Metric", "Mean ± std", *(f"Fold {i}" for i in range(1, len(kfold.folds) + 1))], rows),
         _img(kfold_png(kfold), "each metric per fold"),
     ])  # fmt: skip
+
+
+def export_all(
+    path: Path, evaluation: Evaluation, kfold: KFoldResult | None = None, project: Any = None
+) -> list[Path]:
+    """The HTML report (with the project's finished runs' training curves and the user's marks), the
+    CSV of every number, the CSV of every output and the JSON, side by side; their paths, HTML first."""
+    from core.evaluate.curves import run_curves
+
+    path = Path(path)
+    finished = [r for r in project.train_runs if r.get("status") == "finished"] if project else []
+    curves = [run_curves(project, record) for record in finished]
+    name, marks = (project.name, project.evaluate.marks) if project else ("", None)
+    html = write_html(path, evaluation, kfold, curves, project_name=name, marks=marks)
+    csv_path = write_csv(path.with_suffix(".csv"), evaluation, kfold)
+    data = write_json(path.with_suffix(".json"), evaluation, kfold, curves)
+    return [Path(html), Path(csv_path), examples_csv_path(Path(csv_path)), Path(data)]

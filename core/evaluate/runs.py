@@ -62,7 +62,8 @@ def record_kfold(project: Any, result: results.KFoldResult, folder: Path) -> dic
     from core.atomic import write_json
 
     write_json(Path(folder) / results.KFOLD_FILE, result.to_dict())
-    state = " (cancelled)" if result.cancelled else ""
+    failed = " (stopped by an error)" if result.settings.get("error") else ""
+    state = " (cancelled)" if result.cancelled else failed
     return _record(
         project, "kfold", folder, f"{len(result.folds)} of {result.k} folds, {result.method}{state}"
     )
@@ -113,6 +114,8 @@ def kfold_params(project: Any, loaded: Any, output: Path | None = None) -> Any:
         batch_size=f.batch_size, learning_rate=f.learning_rate, max_length=f.max_length,
         validation_ratio=f.validation_ratio, drop_bad_rows=f.drop_bad_rows, output=Path(output),
         max_new_tokens=e.max_new_tokens, eval_batch_size=e.batch_size, max_test_rows=e.max_examples,
+        warmup_steps=f.warmup_steps, pack=f.pack, autocast=f.autocast,
+        gradient_checkpointing=f.gradient_checkpointing,
     )  # fmt: skip
 
 

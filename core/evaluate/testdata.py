@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import QuantTuneError
+from core.evaluate.generation import PLAIN_TEXT
 from core.evaluate.results import EvalExample
+
+ROLES = {"classification": ("text", "label"), "causal_lm": ("text",)}  # columns a task reads
 
 
 @dataclass
@@ -26,20 +29,23 @@ class TestData:
 
 
 def load_test_data(finetune: Any, loaded: Any, max_examples: int = 0) -> TestData:
-    """The test split of the project's FinetuneSettings (``max_examples`` > 0 keeps the first ones)."""
+    """The test split of the project's FinetuneSettings (``max_examples`` > 0 keeps the first ones);
+    no dataset chosen means the bundled instruction set, as in the Train step."""
     from dataclasses import replace
 
     from core.finetune.rundata import checked_table, data_split
     from core.finetune.runs import train_params
 
-    if not finetune.dataset:
-        raise QuantTuneError(
-            "No dataset is chosen, so there is no test split to score.",
-            "Choose a dataset in the Fine-tuning method step (its test share is held out for this step).",
-        )
     # rows with problems are left out, as a run that trains on this file leaves them out
     params = replace(train_params(finetune, loaded, Path("(evaluate)")), drop_bad_rows=True)
     table, shape, bad = checked_table(params)
+    missing = [role for role in ROLES.get(finetune.task, ()) if role not in shape.mapping]
+    if missing:
+        raise QuantTuneError(
+            f"The task {finetune.task} reads a {' and a '.join(missing)} column, and "
+            f"{Path(params.dataset).name} has none.",
+            "Choose the task that fits the data, or map its columns, in the Fine-tuning method step.",
+        )
     split = data_split(params, table, shape, bad)
     if not split.test:
         raise QuantTuneError(
@@ -78,7 +84,7 @@ def items(table: Any, shape: Any, task: str, rows: list[int]):
         elif task == "causal_lm":
             text = str(record[shape.mapping["text"]])
             cut = _opening(text)
-            yield row, ([{"role": "user", "content": cut}], text[len(cut) :].strip())
+            yield row, ([{"role": PLAIN_TEXT, "content": cut}], text[len(cut) :].strip())
         else:
             yield row, prompt_and_answer(record, shape)
 

@@ -9,13 +9,13 @@ training rows). The ids are stable, so the user's marks on outputs survive a re-
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.errors import QuantTuneError
+from core.quant.runs import run_path
 
 BASELINES = ("zero-shot", "few-shot", "rag")
 BASELINE_LABELS = {"zero-shot": "Zero-shot prompting", "few-shot": "Few-shot prompting", "rag": "RAG (BM25)"}
@@ -48,7 +48,11 @@ def list_variants(project: Any, loaded: Any) -> list[VariantInfo]:
     name = loaded.card.name if loaded is not None else "the base model"
     out = [VariantInfo("base", f"Base · {name}", "base", loaded is not None, "" if loaded else _NO_MODEL)]
     for record in quant_runs.quantize_runs(project):
-        out.append(VariantInfo(f"quant:{record['id']}", record.get("label", record["id"]), "quantized"))
+        folder = quant_runs.run_path(project, record)
+        why = "" if folder.is_dir() else f"Its folder {folder} is gone: delete the run in the Calibrate step."
+        out.append(
+            VariantInfo(f"quant:{record['id']}", record.get("label", record["id"]), "quantized", not why, why)
+        )
     newest_quant = (quant_runs.quantize_runs(project) or [None])[-1]
     for record in project.train_runs:
         out.extend(_train_variants(project, record, loaded, newest_quant))
@@ -67,8 +71,14 @@ def _train_variants(project: Any, record: dict, loaded: Any, newest_quant: dict 
 
     run_id, label = record["id"], record.get("label", record["id"])
     method = record.get("settings", {}).get("method", {}).get("method", "lora")
-    why = ""
-    if not train_runs.has_final(project, record):
+    why, folder = "", run_path(project, record)
+    trained_task = record.get("settings", {}).get("task", "instruction")
+    if not folder.is_dir():
+        why = f"Its folder {folder} is gone: delete the run in the Train step."
+    elif train_runs.core_task(trained_task) != train_runs.core_task(project.finetune.task):
+        why = (f"It was trained for {trained_task}, and this project's task is now "
+               f"{project.finetune.task}: choose that task again to score it.")  # fmt: skip
+    elif not train_runs.has_final(project, record):
         why = f"The run is {record.get('status', 'unfinished')}: resume it in the Train step to finish it."
     elif loaded is not None and (problem := train_runs.model_problem(record, loaded)):
         why = problem
@@ -112,6 +122,8 @@ def _baseline_problem(key: str, task: str, settings: Any, loaded: Any) -> str:
     if key == "zero-shot" and task == "classification":
         return ("For classification the base model is already asked zero-shot (it needs the labels in its "
                 "prompt): see the Base row.")  # fmt: skip
+    if key == "zero-shot" and task == "instruction":
+        return "Instruction rows are their own prompts, so the Base row is already the zero-shot answer."
     if key == "few-shot" and settings.few_shot <= 0:
         return "Set the number of examples above 0 to add the few-shot baseline."
     if key == "rag" and settings.rag_top_k <= 0:
@@ -156,7 +168,7 @@ def _open_trained(project: Any, run_id: str, loaded: Any, ctx: Any) -> Opened:
     record = train_runs.find(project, run_id)
     if record is None:
         raise QuantTuneError(f"The fine-tuning run {run_id} is gone.", "Evaluate again with the runs listed.")
-    root = train_runs.run_path(project, record)
+    root = run_path(project, record)
     ctx.stage(f"Loading {record.get('label', run_id)}")
     exported = root / qat.EXPORT_FOLDER
     if exported.is_dir():  # QAT: the integer model it exported, as it will be used
@@ -192,9 +204,10 @@ def _open_trained_then_quantized(project: Any, run_id: str, quant_id: str, loade
 
 
 def _merged(model: Any) -> Any:
+    """The adapter folded into the weights, in place: the trained model is this variant's own copy."""
     from peft import PeftModel
 
-    return copy.deepcopy(model).merge_and_unload() if isinstance(model, PeftModel) else model
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
 
 
 def trained_rows(project: Any, record: dict) -> set[int] | None:
@@ -205,10 +218,12 @@ def trained_rows(project: Any, record: dict) -> set[int] | None:
     from core.finetune.rundata import SPLIT
 
     try:
-        split = json.loads((train_runs.run_path(project, record) / SPLIT).read_text(encoding="utf-8"))
-        return set(split.get("train", []))
+        split = json.loads((run_path(project, record) / SPLIT).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    if Path(split.get("dataset", "")) != train_runs.dataset_path(project.finetune):
+        return None  # trained on another file: its row numbers say nothing about this one
+    return set(split.get("train", []))
 
 
 def weights_bytes(model: Any) -> int:

@@ -25,14 +25,9 @@ from desktop.latest_job import LatestJob
 from desktop.session import Session
 from desktop.widgets import eval_export
 from desktop.widgets.error_panel import ErrorPanel
-from desktop.widgets.eval_settings import EvalSettingsBox, scope_job, scope_params, scope_text
+from desktop.widgets.eval_settings import EvalSettingsBox, blocker, scope_job, scope_params, scope_text
 from desktop.widgets.job_bar import JobBar
 from desktop.widgets.learn_panel import LearnPanel
-
-NO_PROJECT = "Open or create a project first: evaluations are kept in the project."
-NO_MODEL = "Load a model first: the base model is the first variant, and the baselines prompt it."
-NO_DATASET = "Choose a dataset in the Fine-tuning method step first: its test split is what is scored."
-NO_TEST = "The test share is 0, so no rows are held out to score: set one in the Fine-tuning method step."
 
 
 def _evaluate_job(params: Any, ctx) -> Any:
@@ -62,7 +57,6 @@ class EvaluatePane(QWidget):
         self._job: tuple[str, Any, Any] | None = None  # (kind, params, project) of the running job
         self._shown_for: tuple[Any, int] | None = None  # (project, evaluations count) last restored
         self.test_rows: int | None = None
-        self.variants: list[Any] = []  # core.evaluate.variants.VariantInfo of the project
         self.scope_job = LatestJob(self.runner, scope_job, "Reading the test split", self._scope_params,
                                    200, self)  # fmt: skip
         self.scope_job.succeeded.connect(self._on_scope)
@@ -137,7 +131,7 @@ class EvaluatePane(QWidget):
             return
         from desktop.widgets.eval_curves import CurvesView
         from desktop.widgets.eval_outputs import OutputsView
-        from desktop.widgets.eval_results import EvalResults
+        from desktop.widgets.eval_results import EvalResults, link_training_runs
         from desktop.widgets.kfold_view import KFoldView
 
         self.results, self.outputs, self.curves = EvalResults(), OutputsView(), CurvesView()
@@ -146,6 +140,7 @@ class EvaluatePane(QWidget):
                           ("kfold", self.kfold)):  # fmt: skip
             self.holders[key].layout().addWidget(view)
         self.outputs.marked.connect(self._on_marked)
+        link_training_runs(self.results, self.curves)
         self.kfold.runRequested.connect(self.run_kfold)
         self.kfold.cancelRequested.connect(self.stop)
         self.kfold.settingsEdited.connect(self.session.mark_dirty)
@@ -178,29 +173,18 @@ class EvaluatePane(QWidget):
     @Slot()
     def _on_settings_edited(self) -> None:
         self.session.mark_dirty()
-        self._refresh_variants()  # few-shot and RAG are offered once they have examples to use
-        self.refresh()
+        self.refresh()  # the scope line names how many rows are scored
 
     def _refresh_variants(self) -> None:
+        """The checklist follows the project's variants (project, model or runs changed)."""
         from core.evaluate.variants import list_variants
 
         project = self.session.project
-        self.variants = list_variants(project, self.session.model) if project is not None else []
-        self.settings_box.set_variants(self.variants)
+        self.settings_box.set_variants(list_variants(project, self.session.model) if project else [])
 
     # -- what will be scored ----------------------------------------------------------------
-    def _blocker(self) -> tuple[str, str | None]:
-        """Why nothing can run now, and the step that fixes it (("", None) when it can)."""
-        project, loaded = self.session.project, self.session.model
-        if project is None:
-            return NO_PROJECT, None
-        if not project.finetune.dataset:
-            return NO_DATASET, "method"
-        if project.finetune.test_ratio <= 0 or self.test_rows == 0:
-            return NO_TEST, "method"
-        if loaded is None:
-            return NO_MODEL, "load"
-        return "", None
+    def _blocker(self, kfold: bool = False) -> tuple[str, str | None]:
+        return blocker(self.session.project, self.session.model, self.test_rows, kfold)
 
     def _scope_params(self) -> Any:
         return scope_params(self.session.project) if self.isVisible() else None
@@ -227,7 +211,8 @@ class EvaluatePane(QWidget):
         self.settings_box.setEnabled(idle and self.session.project is not None)
         self.export_button.setEnabled(idle and self.evaluation is not None)
         if self.kfold is not None:
-            self.kfold.set_busy(self._job is not None and self._job[0] == "kfold", idle and not blocker)
+            self.kfold.set_busy(self._job is not None and self._job[0] == "kfold",
+                                idle and not self._blocker(kfold=True)[0])  # fmt: skip
         self._emit_status()
 
     def _emit_status(self) -> None:
@@ -279,39 +264,32 @@ class EvaluatePane(QWidget):
     def busy(self) -> bool:
         return self._handle is not None
 
-    def variant_ids(self) -> tuple[str, ...]:
-        """The checked models, then each baseline the settings ask for (and that can be run)."""
-        s = self.session.project.evaluate
-        wanted = {"zero-shot": s.zero_shot, "few-shot": s.few_shot > 0, "rag": s.rag_top_k > 0}
-        baselines = [v.id for v in self.variants if wanted.get(v.kind) and v.available]
-        return (*self.settings_box.checked_ids(), *baselines)
-
     @Slot()
     def run(self) -> JobHandle | None:
+        """Score the checked models and the baselines the settings ask for (job.default_variant_ids)."""
         from core.evaluate import job
-        from core.evaluate.metrics import TASK_METRICS
         from core.evaluate.scoring import metric_task
 
         project, loaded = self.session.project, self.session.model
         if self._handle is not None or self._blocker()[0]:
             return None
         self.ensure_views()
-        self._refresh_variants()
-        params = job.evaluate_params(project, loaded, self.variant_ids())
-        if not self._start("evaluate", _evaluate_job, params, f"Evaluating on {loaded.card.name}"):
+        params = job.evaluate_params(project, loaded)  # the job gets a copy; the result goes to `project`
+        if not self._start("evaluate", _evaluate_job, params, f"Evaluating on {loaded.card.name}", project):
             return None
-        self.results.begin(list(TASK_METRICS[metric_task(project.finetune.task)]))
+        self.results.begin(job.metrics_of(metric_task(project.finetune.task)))
         self.tabs.setCurrentWidget(self.holders["results"])
         return self._handle
 
     @Slot()
     def run_kfold(self) -> JobHandle | None:
-        if self._handle is not None or self._blocker()[0]:
+        project = self.session.project
+        if self._handle is not None or self._blocker(kfold=True)[0]:
             return None
         self.error_panel.dismiss()
-        handle = self.kfold.start(self.session.project, self.session.model)
+        handle = self.kfold.start(project, self.session.model)
         if handle is not None:
-            self._track(handle, "kfold", None)
+            self._track(handle, "kfold", None, project)
         return handle
 
     @Slot(object)
@@ -321,7 +299,7 @@ class EvaluatePane(QWidget):
             self._shown_for = (project, len(project.evaluations))
             self.kfold_result = self.kfold.result
 
-    def _start(self, kind: str, fn: Any, params: Any, name: str) -> bool:
+    def _start(self, kind: str, fn: Any, params: Any, name: str, project: Any) -> bool:
         self.error_panel.dismiss()
         if problems := params.validate():
             self.error_panel.show_message(
@@ -333,12 +311,14 @@ class EvaluatePane(QWidget):
         handle.succeeded.connect(self._on_succeeded)
         handle.failed.connect(self.error_panel.show_error)
         handle.cancelled.connect(self._on_cancelled)
-        self._track(handle, kind, params)
+        self._track(handle, kind, params, project)
         return True
 
-    def _track(self, handle: JobHandle, kind: str, params: Any) -> None:
+    def _track(self, handle: JobHandle, kind: str, params: Any, project: Any) -> None:
+        """``project``: the live session project the result is recorded in (never params.project,
+        the job's copy)."""
         handle.finished.connect(self._on_finished)
-        self._handle, self._job = handle, (kind, params, self.session.project)
+        self._handle, self._job = handle, (kind, params, project)
         self.job_bar.bind(handle)
         self.status_label.setText("")
         self.refresh()
@@ -418,22 +398,12 @@ class EvaluatePane(QWidget):
         """Ask where, then write the report of the evaluation shown (and the latest k-fold run)."""
         if self.evaluation is None or self._handle is not None:
             return None
-        params = eval_export.ask_params(self, self.session.project, self.evaluation, self.kfold_result)
-        if params is None:
-            return None
-        if problems := params.validate():
-            self.error_panel.show_message("The report cannot be saved: " + "; ".join(problems) + ".",
-                                          "Choose another place.")  # fmt: skip
-            return None
-        handle = eval_export.start(self.runner, params, self)
-        handle.succeeded.connect(self._on_exported)
-        handle.failed.connect(self.error_panel.show_error)
-        self.job_bar.bind(handle)
+        handle = eval_export.ask_and_start(self, self.session.project, self.evaluation, self.kfold_result)
+        if handle is not None:
+            handle.succeeded.connect(lambda paths: self.status_label.setText(eval_export.saved_text(paths)))
+            handle.failed.connect(self.error_panel.show_error)
+            self.job_bar.bind(handle)
         return handle
-
-    @Slot(object)
-    def _on_exported(self, paths: list) -> None:
-        self.status_label.setText(eval_export.saved_text(paths))
 
 
 if __name__ == "__main__":  # preview: python -m desktop.panes.evaluate_pane

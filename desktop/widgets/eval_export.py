@@ -1,6 +1,7 @@
 """Export of the Evaluate step's report: the user picks the HTML file, a job writes it
-(core.evaluate.report: plots drawn with matplotlib, which takes a moment) with CSV and JSON of
-every number beside it, under the same name.
+(core.evaluate.report.export_all: plots drawn with matplotlib, which takes a moment) with CSV and
+JSON of every number beside it, under the same name. The job reads a copy of the project taken in
+the GUI thread, so the window may go on editing the project meanwhile.
 """
 
 from __future__ import annotations
@@ -31,18 +32,9 @@ class ExportParams:
 def export_job(params: ExportParams, ctx: Any) -> list[Path]:
     """Write the report; returns the paths written, the HTML file first."""
     from core.evaluate import report
-    from core.evaluate.curves import run_curves
 
-    p, project = params, params.project
-    ctx.stage("Drawing the report's plots")
-    finished = [r for r in project.train_runs if r.get("status") == "finished"] if project else []
-    curves = [run_curves(project, record) for record in finished]
-    name, marks = (project.name, project.evaluate.marks) if project else ("", None)
-    html = report.write_html(p.path, p.evaluation, p.kfold, curves, project_name=name, marks=marks)
-    ctx.stage("Writing CSV and JSON")
-    csv = report.write_csv(p.path.with_suffix(".csv"), p.evaluation, p.kfold)
-    data = report.write_json(p.path.with_suffix(".json"), p.evaluation, p.kfold, curves)
-    return [Path(html), Path(csv), report.examples_csv_path(Path(csv)), Path(data)]
+    ctx.stage("Drawing the report's plots and writing CSV and JSON")
+    return report.export_all(params.path, params.evaluation, params.kfold, params.project)
 
 
 def ask_params(parent: QWidget, project: Any, evaluation: Any, kfold: Any) -> ExportParams | None:
@@ -60,6 +52,19 @@ def ask_params(parent: QWidget, project: Any, evaluation: Any, kfold: Any) -> Ex
 
 def start(runner: JobRunner, params: ExportParams, owner: Any) -> JobHandle:
     return runner.start(export_job, params, name="Exporting the report", owner=owner)
+
+
+def ask_and_start(owner: Any, project: Any, evaluation: Any, kfold: Any) -> JobHandle | None:
+    """Ask where (``owner``: the pane, with ``runner`` and ``error_panel``), then start the export;
+    None when the user cancelled or the place cannot be written (the error panel says why)."""
+    params = ask_params(owner, project, evaluation, kfold)
+    if params is None:
+        return None
+    if problems := params.validate():
+        owner.error_panel.show_message("The report cannot be saved: " + "; ".join(problems) + ".",
+                                       "Choose another place.")  # fmt: skip
+        return None
+    return start(owner.runner, params, owner)
 
 
 def saved_text(paths: list[Path]) -> str:

@@ -1,10 +1,12 @@
 """The Evaluate step's output inspection: every test example's input, reference and each variant's
 output side by side, tinted red where the task's rule calls the output wrong and green where right,
 filterable to the rows that matter (variants disagree, a variant is wrong, marked) and searchable.
+Plain-text tasks have no right or wrong: nothing is tinted and there is no "wrong" filter.
 
 Selecting a cell shows the full texts below the table with the word differences from the reference
 highlighted; "Good" and "Bad" (keys G and B) keep the user's verdict on the selected output in the
-project. A table model serves the cells on demand, so 500 examples × 8 variants shows at once.
+project. A table model (desktop.widgets.eval_outputs_model) serves the cells on demand, so 500
+examples × 8 variants shows at once.
 """
 
 from __future__ import annotations
@@ -12,16 +14,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from PySide6.QtCore import (
-    QAbstractTableModel,
-    QItemSelectionModel,
-    QModelIndex,
-    QPersistentModelIndex,
-    Qt,
-    Signal,
-    Slot,
-)
-from PySide6.QtGui import QBrush, QColor, QKeySequence, QShortcut
+from PySide6.QtCore import QItemSelectionModel, Qt, Signal, Slot
+from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -39,13 +33,8 @@ from PySide6.QtWidgets import (
 from core.evaluate import metrics, textdiff
 from core.evaluate.results import Evaluation
 from core.evaluate.runs import mark_of, set_mark
+from desktop.widgets.eval_outputs_model import FIXED, INPUT, OutputsModel, judged, output_at, wrong_of
 
-FIXED = ("Row", "Input", "Reference")
-INPUT, REFERENCE = 1, 2
-WRONG_BG, RIGHT_BG = QColor("#f9dcd8"), QColor("#dff1dc")
-MARK_PREFIX = {"good": "✓ ", "bad": "✗ "}
-CELL_CHARS = 300  # a cell shows one line; the tooltip and the detail view show the whole text
-TOOLTIP_CHARS = 1500
 FILTERS = (("all", "All rows"), ("disagree", "Rows where the variants disagree"),
            ("any_wrong", "Rows where any variant is wrong"), ("marked", "Rows with a mark"))  # fmt: skip
 WRONG_OF = "wrong:"  # filter key prefix: rows where one variant (its id follows) is wrong
@@ -53,118 +42,6 @@ LEGEND = (
     f'Words <span style="{textdiff.ADDED_STYLE}">added</span> are in the output but not the reference; '
     f'<span style="{textdiff.MISSING_STYLE}">missing</span> ones are in the reference only.'
 )
-
-
-def _line(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= CELL_CHARS else flat[: CELL_CHARS - 1] + "…"
-
-
-def _tip(text: str) -> str:
-    return text if len(text) <= TOOLTIP_CHARS else text[: TOOLTIP_CHARS - 1] + "…"
-
-
-class OutputsModel(QAbstractTableModel):
-    """Shown examples (rows) × Row, Input, Reference and one column per variant."""
-
-    def __init__(self, parent: Any = None) -> None:
-        super().__init__(parent)
-        self.evaluation: Evaluation | None = None
-        self.shown: list[int] = []  # example indices, in the evaluation's order
-        self.wrong: list[list[bool | None]] = []  # [variant][example]: None where there is no score
-        self.marks: dict[tuple[int, int], str] = {}  # (variant index, example index) -> "good" | "bad"
-        self._lines: list[list[str]] = []  # [example]: input, reference, each variant's output on one line
-
-    def set_evaluation(self, evaluation: Evaluation | None, wrong: list, marks: dict) -> None:
-        self.beginResetModel()
-        self.evaluation, self.wrong, self.marks = evaluation, wrong, marks
-        examples = evaluation.examples if evaluation else []
-        self._lines = [
-            [_line(e.prompt), _line(e.reference)] + [_line(output_at(v, i)) for v in evaluation.variants]
-            for i, e in enumerate(examples)
-        ]
-        self.shown = list(range(len(examples)))
-        self.endResetModel()
-
-    def set_shown(self, shown: list[int]) -> None:
-        self.beginResetModel()
-        self.shown = shown
-        self.endResetModel()
-
-    def set_mark(self, variant: int, example: int, mark: str | None) -> None:
-        if mark is None:
-            self.marks.pop((variant, example), None)
-        else:
-            self.marks[(variant, example)] = mark
-        if example in self.shown:
-            cell = self.index(self.shown.index(example), len(FIXED) + variant)
-            self.dataChanged.emit(cell, cell)
-
-    # -- QAbstractTableModel --------------------------------------------------------------
-    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008, N802
-        return 0 if parent.isValid() else len(self.shown)
-
-    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008, N802
-        if parent.isValid() or self.evaluation is None:
-            return 0
-        return len(FIXED) + len(self.evaluation.variants)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):  # noqa: N802
-        if orientation == Qt.Orientation.Vertical or self.evaluation is None:
-            return None
-        variants = self.evaluation.variants
-        if role == Qt.ItemDataRole.DisplayRole:
-            return FIXED[section] if section < len(FIXED) else variants[section - len(FIXED)].label
-        if role == Qt.ItemDataRole.ToolTipRole:
-            if section == 0:
-                return "The example's row in the dataset file, counting from 1"
-            if section >= len(FIXED):
-                variant = variants[section - len(FIXED)]
-                return f"{variant.label} ({variant.kind})" + (f"\n{variant.error}" if variant.error else "")
-        return None
-
-    def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole):
-        if not index.isValid() or self.evaluation is None:
-            return None
-        example, column = self.shown[index.row()], index.column()
-        variant = column - len(FIXED)
-        if role == Qt.ItemDataRole.DisplayRole:
-            if column == 0:
-                return str(self.evaluation.examples[example].row + 1)
-            text = self._lines[example][column - 1]
-            if variant < 0:
-                return text
-            return MARK_PREFIX.get(self.marks.get((variant, example), ""), "") + (text or "—")
-        if role == Qt.ItemDataRole.ToolTipRole and column > 0:
-            return self._tooltip(example, column)
-        if role == Qt.ItemDataRole.BackgroundRole and variant >= 0:
-            wrong = self.wrong[variant][example]
-            return None if wrong is None else QBrush(WRONG_BG if wrong else RIGHT_BG)
-        if role == Qt.ItemDataRole.TextAlignmentRole and column == 0:
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        return None
-
-    def _tooltip(self, example: int, column: int) -> str:
-        e = self.evaluation.examples[example]
-        if column == INPUT:
-            return _tip(e.prompt)
-        if column == REFERENCE:
-            return _tip(e.reference)
-        variant = self.evaluation.variants[column - len(FIXED)]
-        return _tip(output_at(variant, example)) or variant.error or "No output"
-
-
-def output_at(variant: Any, example: int) -> str:
-    """The variant's output for an example ("" when it has none: a variant that failed)."""
-    return variant.outputs[example] if example < len(variant.outputs) else ""
-
-
-def _wrong_of(evaluation: Evaluation, variant: Any, example: int) -> bool | None:
-    """The task's verdict on one output; None (no tint) without a reference or scores to judge by."""
-    scores = variant.example_scores[example] if example < len(variant.example_scores) else None
-    if not scores or example >= len(variant.outputs) or not evaluation.examples[example].reference:
-        return None
-    return bool(metrics.is_wrong(evaluation.task, scores))
 
 
 class OutputsView(QWidget):
@@ -244,7 +121,7 @@ class OutputsView(QWidget):
         self.evaluation, self.project = evaluation, project
         variants = evaluation.variants if evaluation else []
         count = len(evaluation.examples) if evaluation else 0
-        wrong = [[_wrong_of(evaluation, v, i) for i in range(count)] for v in variants]
+        wrong = [[wrong_of(evaluation, v, i) for i in range(count)] for v in variants]
         self._disagree = [
             textdiff.disagree([v.outputs[i] for v in variants if i < len(v.outputs)]) for i in range(count)
         ]
@@ -256,17 +133,18 @@ class OutputsView(QWidget):
                     if mark:
                         marks[(vi, i)] = mark
         self.model.set_evaluation(evaluation, wrong, marks)
-        self._fill_filters(variants)
+        self._fill_filters(variants if judged(evaluation) else None)
         self._size_columns(len(variants))
         self._apply_filter()
 
-    def _fill_filters(self, variants: list) -> None:
+    def _fill_filters(self, variants: list | None) -> None:
+        """The filters; None where the task has no right or wrong (plain text): no "wrong" filters."""
         keep = self.filter_box.currentData()
         self.filter_box.blockSignals(True)
         self.filter_box.clear()
-        for key, text in FILTERS[:3]:
+        for key, text in FILTERS[: 3 if variants is not None else 2]:
             self.filter_box.addItem(text, key)
-        for v in variants:
+        for v in variants or []:
             self.filter_box.addItem(f"Rows where {v.label} is wrong", WRONG_OF + v.id)
         self.filter_box.addItem(FILTERS[3][1], FILTERS[3][0])
         found = self.filter_box.findData(keep)
@@ -389,7 +267,7 @@ class OutputsView(QWidget):
         differences from the reference, its mark and its per-example scores."""
         e, ev = self.evaluation.examples[example], self.evaluation
         parts = [
-            f"<p><b>Row {e.row + 1}</b> · input</p>{_pre(e.prompt)}",
+            f"<p><b>Row {e.row + 1} of the file</b> · input</p>{_pre(e.prompt)}",
             f"<p><b>Reference</b></p>{_pre(e.reference) if e.reference else '<p><i>none</i></p>'}",
         ]
         for vi in variants:

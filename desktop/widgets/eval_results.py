@@ -1,6 +1,7 @@
 """The Evaluate step's results: one row per variant with the task's metrics and the cost columns
 (size, memory, tokens per second), the best value of each metric in bold; a bar chart of one
-metric across the variants; for classification, the confusion matrix of the chosen variant.
+metric across the variants; for classification, the confusion matrix of the chosen variant
+(desktop.widgets.confusion_view).
 
 Rows arrive one by one while the job runs (``add_variant``) or all at once from a saved
 evaluation (``set_evaluation``); the table and chart are redrawn on a 50 ms timer, so a burst of
@@ -24,7 +25,6 @@ from PySide6.QtWidgets import (
     QLabel,
     QSplitter,
     QStackedWidget,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
 
 from core.learn import format_bytes
 from desktop.widgets import weight_plots
+from desktop.widgets.confusion_view import ConfusionView
 from desktop.widgets.tables import read_only_table
 
 REDRAW_MS = 50
@@ -122,27 +123,9 @@ def best_rows(column: Column, results: list[Any]) -> set[int]:
     return rows if len(rows) < len(values) else set()  # all equal: none is best
 
 
-def confusion(
-    labels: list[str], references: list[str], outputs: list[str]
-) -> tuple[list[str], list[list[int]]]:
-    """(predicted columns, counts[true][predicted]); an output that is no label counts as "other".
-
-    Counted here rather than with scikit-learn: the outputs are already label strings, and the
-    table is drawn in the GUI thread, where scikit-learn's import would cost half a second.
-    """
-    columns = list(labels)
-    if any(o.strip() not in labels for o in outputs):
-        columns.append("other")
-    index = {label: i for i, label in enumerate(columns)}
-    counts = [[0] * len(columns) for _ in labels]
-    for ref, out in zip(references, outputs, strict=False):
-        if ref in index and index[ref] < len(labels):
-            counts[index[ref]][index.get(out.strip(), len(columns) - 1)] += 1
-    return columns, counts
-
-
 class EvalResults(QWidget):
-    """Signals: ``variantSelected(str)`` (the variant id of the chosen row)."""
+    """Signals: ``variantSelected(str)``: the variant id of the row the user (or ``select``) chose,
+    once per change (``link_training_runs`` shows a fine-tuned variant's curves with it)."""
 
     variantSelected = Signal(str)
 
@@ -152,19 +135,18 @@ class EvalResults(QWidget):
         self.columns: list[Column] = []
         self.evaluation: Any = None  # the whole Evaluation once known (examples, labels)
         self._dirty = False
+        self._selected: str | None = None  # the id variantSelected last named
         self.table = read_only_table(FIXED_COLUMNS)
         self.table.itemSelectionChanged.connect(self._on_selected)
         self.note = QLabel(wordWrap=True, objectName="hint")
         self.chart = BarChart()
         self.chart.metric_combo.currentIndexChanged.connect(self._mark_dirty)
-        self.confusion_title = QLabel("Confusion matrix", objectName="sectionTitle")
-        self.confusion = QTableWidget(0, 0)
-        self.confusion.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.confusion = ConfusionView()
         self._layout()
         self._timer = QTimer(self, interval=REDRAW_MS)
         self._timer.timeout.connect(self._redraw)
         self._timer.start()
-        self._show_confusion(False)
+        self.confusion.setVisible(False)
 
     def _layout(self) -> None:
         # the table spans the width (a task has up to eight metrics besides the three costs);
@@ -175,15 +157,9 @@ class EvalResults(QWidget):
         column.setContentsMargins(0, 0, 0, 0)
         column.addWidget(self.table, 1)
         column.addWidget(self.note)
-        matrix = QWidget()
-        column = QVBoxLayout(matrix)
-        column.setContentsMargins(0, 0, 0, 0)
-        column.addWidget(self.confusion_title)
-        column.addWidget(self.confusion, 1)
-        self.matrix_box = matrix
         lower = QSplitter(Qt.Orientation.Horizontal)
         lower.addWidget(self.chart)
-        lower.addWidget(matrix)
+        lower.addWidget(self.confusion)
         lower.setStretchFactor(0, 3)
         lower.setStretchFactor(1, 2)
         splitter = QSplitter(Qt.Orientation.Vertical)
@@ -202,11 +178,11 @@ class EvalResults(QWidget):
     # -- filling ----------------------------------------------------------------------------
     def begin(self, metrics: list[str]) -> None:
         """A run starts: empty rows, the columns of its metrics."""
-        self.evaluation, self.results = None, []
+        self.evaluation, self.results, self._selected = None, [], None
         self._set_columns(metrics)
         self.pages.setCurrentIndex(1 if metrics else 0)  # no metrics: cleared, nothing to show
         self.note.setText("")
-        self._show_confusion(False)
+        self.confusion.setVisible(False)
         self._mark_dirty()
 
     def add_variant(self, result: Any) -> None:
@@ -216,7 +192,7 @@ class EvalResults(QWidget):
 
     def set_evaluation(self, evaluation: Any) -> None:
         """A whole evaluation (finished, or restored from the project)."""
-        self.evaluation = evaluation
+        self.evaluation, self._selected = evaluation, None
         self.results = list(evaluation.variants)
         self._set_columns(evaluation.metrics)
         self.pages.setCurrentIndex(1)
@@ -316,42 +292,42 @@ class EvalResults(QWidget):
         show = bool(
             ev is not None and ev.labels and result is not None and not result.error and result.outputs
         )
-        self._show_confusion(show)
+        self.confusion.setVisible(show)
         if show:
-            self._fill_confusion(result)
-        if variant_id is not None:
+            self.confusion.show_result(ev, result)
+        if variant_id is not None and variant_id != self._selected:  # a redraw re-selects: no news
+            self._selected = variant_id
             self.variantSelected.emit(variant_id)
-
-    def _show_confusion(self, shown: bool) -> None:
-        self.matrix_box.setVisible(shown)
-
-    def _fill_confusion(self, result: Any) -> None:
-        labels = list(self.evaluation.labels)
-        references = [e.reference for e in self.evaluation.examples]
-        columns, counts = confusion(labels, references, result.outputs)
-        self.confusion_title.setText(
-            f"Confusion matrix of {result.label} (rows: true label; columns: predicted)"
-        )
-        self.confusion.setRowCount(len(labels))
-        self.confusion.setColumnCount(len(columns))
-        self.confusion.setVerticalHeaderLabels(labels)
-        self.confusion.setHorizontalHeaderLabels(columns)
-        peak = max((n for row in counts for n in row), default=0) or 1
-        for i, row in enumerate(counts):
-            for j, n in enumerate(row):
-                item = QTableWidgetItem(str(n))
-                item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
-                hue = "#2e86c1" if i == j else "#c0392b"  # right answers blue, confusions red
-                color = QColor(hue)
-                color.setAlphaF(0.08 + 0.6 * n / peak if n else 0.0)
-                item.setBackground(QBrush(color))
-                self.confusion.setItem(i, j, item)
-        self.confusion.resizeColumnsToContents()
 
 
 def _title(key: str) -> str:
     columns = metric_columns([key])
     return columns[0].title if columns else key
+
+
+def train_run_of(variant_id: str) -> str | None:
+    """The fine-tuning run behind a variant id ("train:<run>", "train+quant:<run>:<quant run>")."""
+    kind, _, rest = variant_id.partition(":")
+    return rest.split(":")[0] if kind in ("train", "train+quant") and rest else None
+
+
+def link_training_runs(results: EvalResults, curves: Any) -> None:
+    """One fine-tuning run across two tabs: choosing its variant in the results shows its training
+    curves (``curves``: desktop.widgets.eval_curves.CurvesView), and choosing a run there selects its
+    fine-tuned variant here."""
+
+    def show_curves(variant_id: str) -> None:
+        run_id = train_run_of(variant_id)
+        index = curves.run_box.findData(run_id) if run_id else -1
+        if index >= 0:
+            curves.run_box.setCurrentIndex(index)
+
+    def select_variant(run_id: str) -> None:
+        if train_run_of(results.selected_id() or "") != run_id:  # its quantized variant stays chosen
+            results.select(f"train:{run_id}")
+
+    results.variantSelected.connect(show_curves)
+    curves.runChosen.connect(select_variant)
 
 
 class BarChart(QWidget):

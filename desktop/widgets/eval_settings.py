@@ -3,9 +3,10 @@
 that says what will be scored (the test split, counted by a job: reading a large file takes a while).
 
 The form edits a core.project.EvaluateSettings in place and says so with ``changed()``; the pane
-saves the project. ``variants`` empty means every variant the project has, so a variant added
-later (a new training run) is scored without asking; the list names the chosen ones only when
-the user left some out.
+saves the project. The checklist keeps the models the user unchecked in ``skipped``, so a variant
+made later (a new training run) starts checked, and unchecking every model is kept as it is. The
+list is rebuilt only when the project's variants change (``set_variants``), never while the user
+checks: a check edits ``skipped`` and nothing else.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.evaluate.job import MAX_EXAMPLES, MAX_NEW_TOKENS  # no torch: safe at start-up
+
 BASELINE_KINDS = ("zero-shot", "few-shot", "rag")  # set by their own controls, not the checklist
 ID_ROLE = Qt.ItemDataRole.UserRole + 1
 KIND_TEXT = {"base": "base model", "quantized": "quantized", "finetuned": "fine-tuned",
@@ -41,6 +44,7 @@ class EvalSettingsBox(QWidget):
         self._settings: Any = None
         self._filling = False
         self._zero_shot_offered = True  # False where the task has no zero-shot baseline
+        self._shown: list[tuple[str, str, str, bool, str]] = []  # the checklist's models, as last built
         self.variant_list = QListWidget()
         self.variant_list.setMinimumWidth(280)
         self.variant_list.setMaximumHeight(96)
@@ -59,18 +63,22 @@ class EvalSettingsBox(QWidget):
             "Retrieval-augmented generation: the training rows most similar to each question (BM25) are "
             "put in the prompt. 0 leaves this baseline out."
         )
-        self.max_new_tokens = _spin(1, 1024, "", "token")
+        self.max_new_tokens = _spin(1, MAX_NEW_TOKENS, "", "token")
         self.max_new_tokens.setToolTip("The longest answer a variant may generate. Longer answers cost time.")
-        self.max_examples = _spin(0, 100_000, "all test rows", "row")
+        self.max_examples = _spin(0, MAX_EXAMPLES, "all test rows", "row")
         self.max_examples.setToolTip(
             "Score only the first rows of the test split: generating costs seconds per row on a CPU. "
             "0 scores them all."
         )
         self._tips = {w: w.toolTip() for w in (self.zero_shot, self.few_shot, self.rag_top_k)}
         self._layout()
-        for spin in (self.few_shot, self.rag_top_k, self.max_new_tokens, self.max_examples):
-            spin.valueChanged.connect(self._on_edited)
-        self.zero_shot.toggled.connect(self._on_edited)
+        # each control writes its own field: an unavailable zero-shot shows unchecked, and editing
+        # another control must not turn the setting off behind the user's back
+        spins = {"few_shot": self.few_shot, "rag_top_k": self.rag_top_k,
+                 "max_new_tokens": self.max_new_tokens, "max_examples": self.max_examples}  # fmt: skip
+        for name, spin in spins.items():
+            spin.valueChanged.connect(lambda value, name=name: self._on_edited(name, value))
+        self.zero_shot.toggled.connect(lambda on: self._on_edited("zero_shot", on))
 
     def _layout(self) -> None:
         variants = QGroupBox("Variants to score")
@@ -110,18 +118,11 @@ class EvalSettingsBox(QWidget):
         baselines through their controls; an unavailable one is disabled and says why."""
         self._filling = True
         try:
-            self.variant_list.clear()
-            for info in infos:
-                if info.kind in BASELINE_KINDS:
-                    continue
-                item = QListWidgetItem(f"{info.label}  ({KIND_TEXT.get(info.kind, info.kind)})")
-                item.setData(ID_ROLE, info.id)
-                flags = Qt.ItemFlag.ItemIsUserCheckable
-                if info.available:
-                    flags |= Qt.ItemFlag.ItemIsEnabled
-                item.setFlags(flags)
-                item.setToolTip(info.why if not info.available else "")
-                self.variant_list.addItem(item)
+            models = [
+                (i.id, i.label, i.kind, i.available, i.why) for i in infos if i.kind not in BASELINE_KINDS
+            ]
+            if models != self._shown:  # unchanged: the list, its scroll and its selection stay
+                self._fill_list(models)
             baselines = {info.kind: info for info in infos if info.kind in BASELINE_KINDS}
             # without a model nothing can run: the controls stay editable, the pane says what is missing
             model_ready = any(info.kind == "base" and info.available for info in infos)
@@ -142,11 +143,25 @@ class EvalSettingsBox(QWidget):
         finally:
             self._filling = False
 
+    def _fill_list(self, models: list[tuple[str, str, str, bool, str]]) -> None:
+        self._shown = models
+        self.variant_list.clear()
+        for variant_id, label, kind, available, why in models:
+            item = QListWidgetItem(f"{label}  ({KIND_TEXT.get(kind, kind)})")
+            item.setData(ID_ROLE, variant_id)
+            flags = Qt.ItemFlag.ItemIsUserCheckable
+            if available:
+                flags |= Qt.ItemFlag.ItemIsEnabled
+            item.setFlags(flags)
+            item.setToolTip(why if not available else "")
+            self.variant_list.addItem(item)
+
     def _apply_checks(self) -> None:
-        chosen = set(self._settings.variants) if self._settings is not None else set()
+        """Every available model checked but the ones the user unchecked; unavailable ones unchecked."""
+        skipped = set(self._settings.skipped) if self._settings is not None else set()
         for item in self._items():
             available = bool(item.flags() & Qt.ItemFlag.ItemIsEnabled)
-            on = available and (not chosen or item.data(ID_ROLE) in chosen)
+            on = available and item.data(ID_ROLE) not in skipped
             item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
 
     # -- reading ----------------------------------------------------------------------------
@@ -156,9 +171,6 @@ class EvalSettingsBox(QWidget):
     def checked_ids(self) -> list[str]:
         return [i.data(ID_ROLE) for i in self._items() if i.checkState() == Qt.CheckState.Checked]
 
-    def available_ids(self) -> list[str]:
-        return [i.data(ID_ROLE) for i in self._items() if i.flags() & Qt.ItemFlag.ItemIsEnabled]
-
     def set_checked(self, variant_id: str, on: bool) -> None:
         """Check or uncheck one variant as the user would."""
         for item in self._items():
@@ -166,22 +178,21 @@ class EvalSettingsBox(QWidget):
                 item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
 
     @Slot(QListWidgetItem)
-    def _on_variant_checked(self, _item: QListWidgetItem) -> None:
+    def _on_variant_checked(self, item: QListWidgetItem) -> None:
+        """One model (un)checked: only its id in ``skipped`` changes; the list is left as it is."""
         if self._filling or self._settings is None:
             return
-        checked = self.checked_ids()
-        # every available one checked: store "all", so variants made later are included too
-        self._settings.variants = [] if set(checked) == set(self.available_ids()) else checked
+        variant_id = item.data(ID_ROLE)
+        skipped = [i for i in self._settings.skipped if i != variant_id]
+        if item.checkState() != Qt.CheckState.Checked:
+            skipped.append(variant_id)
+        self._settings.skipped = skipped
         self.changed.emit()
 
-    @Slot()
-    def _on_edited(self) -> None:
+    def _on_edited(self, name: str, value: Any) -> None:
         if self._filling or self._settings is None:
             return
-        s = self._settings
-        s.zero_shot = self.zero_shot.isChecked()
-        s.few_shot, s.rag_top_k = self.few_shot.value(), self.rag_top_k.value()
-        s.max_new_tokens, s.max_examples = self.max_new_tokens.value(), self.max_examples.value()
+        setattr(self._settings, name, value)
         self.changed.emit()
 
 
@@ -200,6 +211,23 @@ def _spin(low: int, high: int, zero_text: str, unit: str) -> QSpinBox:
 
 
 # -- what will be scored --------------------------------------------------------------------------
+NO_PROJECT = "Open or create a project first: evaluations are kept in the project."
+NO_MODEL = "Load a model first: the base model is the first variant, and the baselines prompt it."
+NO_TEST = "The test share is 0, so no rows are held out to score: set one in the Fine-tuning method step."
+
+
+def blocker(project: Any, loaded: Any, test_rows: int | None, kfold: bool = False) -> tuple[str, str | None]:
+    """Why the evaluation (or k-fold, which cuts its own folds and never uses the test share) cannot
+    run now, and the step that fixes it: ("", None) when it can."""
+    if project is None:
+        return NO_PROJECT, None
+    if not kfold and (project.finetune.test_ratio <= 0 or test_rows == 0):
+        return NO_TEST, "method"
+    if loaded is None:
+        return NO_MODEL, "load"
+    return "", None
+
+
 def scope_job(params: Any, ctx: Any) -> Any:
     """core.finetune.data_check on the project's data: its ``split`` counts the test rows."""
     from core.finetune import data_check
@@ -208,11 +236,12 @@ def scope_job(params: Any, ctx: Any) -> Any:
 
 
 def scope_params(project: Any) -> Any:
-    """The data check's params for the project's dataset and split (None: no dataset chosen)."""
+    """The data check's params for the project's dataset and split (None: no project); no dataset
+    chosen means the bundled instruction set, as in the Train step."""
     from core.finetune.data_check import DataCheckParams
     from core.finetune.runs import dataset_path
 
-    if project is None or not project.finetune.dataset:
+    if project is None:
         return None
     f = project.finetune
     return DataCheckParams(dataset_path(f), f.task, tuple(sorted(f.columns.items())), None, f.max_length,

@@ -5,13 +5,17 @@ each metric's mean ± standard deviation with every fold's value.
 Run asks the pane (``runRequested``), which calls ``start(project, loaded)`` when nothing else
 runs: the job (core.evaluate.kfold) goes through the one job runner, each "fold" event adds a
 fold, and the result, finished or cancelled with the folds that finished, is recorded in the
-project (core.evaluate.runs.record_kfold). The plot is redrawn on a 50 ms timer. Importing this
-module imports pyqtgraph.
+project (core.evaluate.runs.record_kfold). A cancelled job returns nothing: its result is read back
+from the kfold.json it wrote (with its settings), as the pane does for a stopped evaluation. The plot
+is redrawn on a 50 ms timer. Importing this module imports pyqtgraph.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pyqtgraph as pg
@@ -29,6 +33,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.errors import QuantTuneError
+from core.evaluate.kfold import MAX_K
+from core.evaluate.results import KFOLD_FILE, KFoldResult
 from desktop.jobs import JobHandle, JobRunner
 from desktop.widgets import weight_plots
 from desktop.widgets.eval_results import metric_columns
@@ -77,13 +84,15 @@ class KFoldView(QWidget):
         self.set_busy(False)
 
     def _build(self) -> None:
-        self.k_spin = QSpinBox(minimum=2, maximum=10, suffix=" folds")
+        self.k_spin = QSpinBox(minimum=2, maximum=MAX_K, suffix=" folds")
         self.k_spin.setToolTip(
             "The rows are cut into k parts; each part is the test set once, the others train."
         )
-        self.steps_spin = QSpinBox(minimum=1, maximum=100_000, suffix=" steps")
+        self.steps_spin = QSpinBox(minimum=0, maximum=100_000, suffix=" steps")
+        self.steps_spin.setSpecialValueText("epochs")  # shown at 0
         self.steps_spin.setToolTip(
-            "Training steps in each fold: k models are trained, so keep it small on a CPU."
+            "Training steps in each fold: k models are trained, so keep it small on a CPU. "
+            '0 ("epochs") trains each fold for the Train step\'s epochs.'
         )
         self.method_label = QLabel(wordWrap=True, minimumWidth=420)
         self.run_button = QPushButton("Run cross-validation")
@@ -144,7 +153,7 @@ class KFoldView(QWidget):
         key = project.finetune.method.get("method", "lora")
         title = METHODS[key].title if key in METHODS else key
         e = project.evaluate
-        for spin, value in ((self.k_spin, e.kfold_k), (self.steps_spin, max(1, e.kfold_max_steps))):
+        for spin, value in ((self.k_spin, e.kfold_k), (self.steps_spin, e.kfold_max_steps)):
             spin.blockSignals(True)
             spin.setValue(value)
             spin.blockSignals(False)
@@ -168,13 +177,16 @@ class KFoldView(QWidget):
     def start(self, project: Any, loaded: Any) -> JobHandle | None:
         """Cross-validate the project's data and method with the k and steps shown."""
         from core.evaluate import kfold, metrics, runs
-        from core.evaluate.results import KFoldResult
 
         project.evaluate.kfold_k, project.evaluate.kfold_max_steps = (
             self.k_spin.value(),
             self.steps_spin.value(),
         )
-        params = runs.kfold_params(project, loaded)
+        try:
+            params = runs.kfold_params(project, loaded)
+        except QuantTuneError as exc:
+            self.failed.emit(exc, "")
+            return None
         if problems := params.validate():
             self.problem.emit("Cross-validation cannot start: " + "; ".join(problems) + ".",
                               "Change the settings named above.")  # fmt: skip
@@ -199,10 +211,16 @@ class KFoldView(QWidget):
 
     @Slot()
     def _on_cancelled(self) -> None:
-        # the job's own result (the folds that finished) does not come back from a cancelled job:
-        # the "fold" events already brought every finished fold here
-        self.result.cancelled = True
-        self._keep(self.result)
+        # a cancelled job's result does not come back: it wrote the folds that finished, with the
+        # settings they ran with, to kfold.json; no file: none finished
+        params, _project = self._run
+        result = read_kfold(params.output)
+        if result is None:
+            result = KFoldResult(k=params.k, task=self.result.task, method=self.result.method,
+                                 metrics=list(self.result.metrics), cancelled=True)  # fmt: skip
+            with contextlib.suppress(OSError):  # nothing kept: no empty folder left behind
+                Path(params.output).rmdir()
+        self._keep(result)
 
     @Slot(object)
     def _keep(self, result: Any) -> None:
@@ -213,7 +231,7 @@ class KFoldView(QWidget):
             runs.record_kfold(project, result, params.output)
             self.recorded.emit(project)
         self.set_result(result)
-        done = cancelled_note(result) or f"All {result.k} folds finished."
+        done = result_note(result) or f"All {result.k} folds finished."
         self.finish(done if result.folds else "Cancelled before the first fold finished: nothing was kept.")
 
     @Slot(object, str)
@@ -259,7 +277,7 @@ class KFoldView(QWidget):
         index = self.metric_combo.findData(keep) if keep is not None else -1
         self.metric_combo.setCurrentIndex(max(0, index))
         self.metric_combo.blockSignals(False)
-        self.note.setText(cancelled_note(result) if result is not None else "")
+        self.note.setText(result_note(result) if result is not None else "")
         if result is None:
             self.progress_label.setText("")
         self._mark_dirty()
@@ -323,11 +341,22 @@ def mean_std_text(key: str, pair: tuple[float, float] | None) -> str:
     return f"{_format(key, pair[0])} ± {_format(key, pair[1])}"
 
 
-def cancelled_note(result: Any) -> str:
-    if not result.cancelled:
-        return ""
-    return (f"Cancelled: {len(result.folds)} of {result.k} folds finished; the mean ± std covers "
-            "those only.")  # fmt: skip
+def result_note(result: Any) -> str:
+    """Why a run has fewer folds than k (cancelled, or a fold failed); "" when every fold finished."""
+    if result.cancelled:
+        return (f"Cancelled: {len(result.folds)} of {result.k} folds finished; the mean ± std covers "
+                "those only.")  # fmt: skip
+    if error := result.settings.get("error"):
+        return f"{error} The mean ± std covers the {len(result.folds)} of {result.k} folds that finished."
+    return ""
+
+
+def read_kfold(folder: Path) -> KFoldResult | None:
+    """The k-fold result a job wrote in ``folder`` (None: none written, or unreadable)."""
+    try:
+        return KFoldResult.from_dict(json.loads((Path(folder) / KFOLD_FILE).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def _format(key: str, value: Any) -> str:

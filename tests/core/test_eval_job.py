@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from core import project as projects
-from core.errors import Cancelled, InvalidSettings
+from core.errors import Cancelled, InvalidSettings, QuantTuneError
 from core.evaluate import job, results, runs, variants
 from core.jobs import JobContext, run_job
 
@@ -66,13 +66,14 @@ def test_every_variant_answers_the_same_test_rows(project, tiny_loaded):
     _quantize(project, tiny_loaded)
     run_id = _train(project, tiny_loaded)
     listed = {v.id: v for v in variants.list_variants(project, tiny_loaded)}
-    kinds = [v.kind for v in listed.values()]
-    assert kinds == ["base", "quantized", "finetuned", "finetuned+quantized", "zero-shot", "few-shot", "rag"]
-    assert all(v.available for v in listed.values()), [v.why for v in listed.values() if not v.available]
+    kinds = [v.kind for v in listed.values() if v.available]
+    assert kinds == ["base", "quantized", "finetuned", "finetuned+quantized", "few-shot", "rag"]
+    assert "already the zero-shot answer" in listed["zero-shot"].why  # instruction rows are their own prompts
     events = []
     evaluation, params = _evaluate(project, tiny_loaded, sink=events.append)
     assert [v.kind for v in evaluation.variants] == kinds
-    assert [e.data["result"].id for e in events if e.kind == "variant"] == list(listed)
+    scored = [e.data["result"].id for e in events if e.kind == "variant"]
+    assert scored == [i for i, v in listed.items() if v.available]
     assert len(evaluation.examples) == 6  # 20 % of 30 rows
     assert evaluation.metrics[:2] == ["token_f1", "rougeL"]
     for v in evaluation.variants:
@@ -126,26 +127,29 @@ def test_cancel_stops_between_batches_and_keeps_finished_variants(project, tiny_
 
 
 def test_a_variant_that_fails_says_why_and_the_others_are_scored(project, tiny_loaded):
-    _quantize(project, tiny_loaded)
-    record = project.runs[0]
     import shutil
 
     from core.quant.runs import run_path
 
-    shutil.rmtree(run_path(project, record))
-    evaluation, _ = _evaluate(project, tiny_loaded, ids=("base", f"quant:{record['id']}"))
+    _quantize(project, tiny_loaded)
+    record, quant_id = project.runs[0], f"quant:{project.runs[0]['id']}"
+    for weights in run_path(project, record).glob("*.safetensors"):
+        weights.write_bytes(b"not a safetensors file")
+    evaluation, _ = _evaluate(project, tiny_loaded, ids=("base", quant_id))
     broken = evaluation.variants[1]
-    assert broken.error and not broken.outputs
+    assert broken.id == quant_id and broken.error and not broken.outputs
     assert not evaluation.variants[0].error and evaluation.variants[0].outputs
+    shutil.rmtree(run_path(project, record))  # a folder deleted by hand: listed, not offered
+    gone = next(v for v in variants.list_variants(project, tiny_loaded) if v.id == quant_id)
+    assert not gone.available and "is gone" in gone.why
 
 
 def test_bad_settings_are_listed_at_once(project, tiny_loaded):
-    project.evaluate = replace(project.evaluate, max_new_tokens=0, few_shot=40)
-    project.finetune = replace(project.finetune, dataset="")
+    project.evaluate = replace(project.evaluate, max_new_tokens=0, few_shot=40, rag_top_k=9)
     with pytest.raises(InvalidSettings) as caught:
         run_job(job.run, job.evaluate_params(project, tiny_loaded), JobContext())
     text = str(caught.value)
-    assert "answer length" in text and "few-shot" in text and "dataset" in text
+    assert "answer length" in text and "few-shot" in text and "RAG" in text
 
 
 def test_classification_scores_a_trained_classifier_and_the_base_by_likelihood(tmp_path, tiny_loaded):
@@ -168,3 +172,42 @@ def test_classification_scores_a_trained_classifier_and_the_base_by_likelihood(t
         assert set(v.outputs) <= set(labels) and len(v.outputs) == len(evaluation.examples)
         assert sum(map(sum, v.confusion)) == len(evaluation.examples)
         assert 0.0 <= v.scores["accuracy"] <= 1.0
+
+
+def test_the_window_and_the_cli_score_the_same_chosen_variants(project, tiny_loaded):
+    _quantize(project, tiny_loaded)
+    quant_id = f"quant:{project.runs[0]['id']}"
+    assert job.default_variant_ids(project, tiny_loaded) == ("base", quant_id, "few-shot", "rag")
+    project.evaluate.skipped = ["base", quant_id]  # every model unchecked: the baselines alone
+    project.evaluate.rag_top_k = 0
+    assert job.default_variant_ids(project, tiny_loaded) == ("few-shot",)
+    with pytest.raises(InvalidSettings, match="there is no variant quant:nope"):
+        run_job(job.run, job.evaluate_params(project, tiny_loaded, ("base", "quant:nope")), JobContext())
+
+
+def test_plain_text_is_continued_as_it_was_trained_without_a_chat_template(tmp_path, tiny_loaded):
+    from core.evaluate import generation
+
+    data = tmp_path / "notes.txt"
+    data.write_text(
+        "\n".join(f"Note {i}: the team met on day {i} and planned the next release." for i in range(20))
+    )
+    p = projects.create_project("text", root=tmp_path / "projects")
+    p.finetune = replace(p.finetune, dataset=str(data), task="causal_lm", test_ratio=0.2)
+    p.evaluate = replace(p.evaluate, max_new_tokens=4, batch_size=4)
+    assert [v.id for v in variants.list_variants(p, tiny_loaded) if v.available] == ["base"]
+    evaluation, _ = _evaluate(p, tiny_loaded)
+    base = evaluation.variants[0]
+    assert not base.error and base.scores["perplexity"] > 1.0 and base.scores["text_perplexity"] > 1.0
+    turns = [{"role": generation.PLAIN_TEXT, "content": "Note 3: the team"}]
+    assert (
+        generation.prompt_ids(tiny_loaded.tokenizer, turns)
+        == tiny_loaded.tokenizer("Note 3: the team")["input_ids"]
+    )
+
+
+def test_a_task_that_does_not_fit_the_data_says_which_column_is_missing(project, tiny_loaded):
+    project.finetune = replace(project.finetune, task="classification")
+    with pytest.raises(QuantTuneError, match="reads a text and a label column") as caught:
+        run_job(job.run, job.evaluate_params(project, tiny_loaded, ("base",)), JobContext())
+    assert "Fine-tuning method step" in caught.value.fix

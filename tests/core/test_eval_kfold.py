@@ -16,6 +16,7 @@ from core.evaluate.results import KFOLD_FILE, KFoldResult
 from core.finetune import rundata, train
 from core.finetune.methods import MethodSettings
 from core.jobs import JobContext
+from core.project import FinetuneSettings
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # runs repeat bit for bit
 
@@ -136,6 +137,47 @@ def test_cancel_before_any_fold_finished_raises_and_removes_the_partly_trained_f
     assert not (tmp_path / "kfold" / KFOLD_FILE).exists()
 
 
+def test_an_error_in_a_later_fold_keeps_the_folds_that_finished_and_says_why(tiny_loaded, tmp_path):
+    data = write_labelled(tmp_path / "labelled.csv")
+
+    def lose_the_file(event):  # the file goes (a drive unplugged) once fold 1 is in: fold 2 cannot read it
+        if event.kind == "fold":
+            data.unlink()
+
+    result = kfold.run(classify_params(tiny_loaded, data, tmp_path / "kfold"), JobContext(lose_the_file))
+    assert len(result.folds) == 1 and result.fold_sizes == [(14, 7)] and not result.cancelled
+    error = result.settings["error"]
+    assert error.startswith("Fold 2 of 3 failed:") and "labelled.csv" in error
+    saved = KFoldResult.from_dict(json.loads((tmp_path / "kfold" / KFOLD_FILE).read_text()))
+    assert saved.folds == result.folds and saved.settings["error"] == result.settings["error"]
+    assert not (tmp_path / "kfold" / "fold-2").exists()
+
+
+def test_an_error_in_the_first_fold_is_raised_and_nothing_is_kept(tiny_loaded, tmp_path):
+    data = write_labelled(tmp_path / "labelled.csv")
+
+    def lose_the_file(event):  # gone after the folds were cut, before fold 1 trained
+        if event.kind == "progress" and data.exists():
+            data.unlink()
+
+    with pytest.raises(QuantTuneError, match="labelled.csv"):
+        kfold.run(classify_params(tiny_loaded, data, tmp_path / "kfold"), JobContext(lose_the_file))
+    assert not (tmp_path / "kfold" / KFOLD_FILE).exists()
+
+
+def test_each_fold_trains_with_the_train_steps_recipe(tiny_loaded, tmp_path):
+    defaults = kfold.train_params(classify_params(tiny_loaded, tmp_path, tmp_path), tmp_path, None)
+    train_step = FinetuneSettings()  # the defaults are the Train step's
+    for key in ("pack", "autocast", "warmup_steps", "gradient_checkpointing"):
+        assert getattr(defaults, key) == getattr(train_step, key), key
+    assert defaults.pack and defaults.autocast == "auto"
+    recipe = dict(warmup_steps=3, pack=False, autocast="off", gradient_checkpointing=True)
+    p = classify_params(tiny_loaded, tmp_path, tmp_path, **recipe)
+    made = kfold.train_params(p, tmp_path / "fold-1", ((0, 1), (2,), (3,)))
+    assert {key: getattr(made, key) for key in recipe} == recipe and made.rows == ((0, 1), (2,), (3,))
+    assert kfold.settings_of(p)["autocast"] == "off"  # the result records the recipe
+
+
 def test_a_label_with_fewer_rows_than_folds_is_named(tiny_loaded, tmp_path):
     data = write_labelled(tmp_path / "labelled.csv", per_label=2)
     with pytest.raises(QuantTuneError, match="'food' has 2 row") as caught:
@@ -149,7 +191,7 @@ def test_validate_lists_every_problem(tiny_loaded, tmp_path):
                           method=MethodSettings(method="feature"), validation_ratio=1.5)  # fmt: skip
     problems = " | ".join(p.validate())
     expected = [
-        "at least 2 folds",
+        "at least 2 folds (and at most 20)",
         "at least one epoch or one step",
         "answer length",
         "test rows per fold",

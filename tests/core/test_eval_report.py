@@ -172,7 +172,7 @@ def test_csv_gives_every_number_back(tmp_path):
         ("fold 1", "0.7"), ("fold 2", ""), ("fold 3", "0.8")]  # fmt: skip
 
     examples = read_csv(report.examples_csv_path(path))
-    assert [e["row"] for e in examples] == ["5", "9", "12"]
+    assert [e["row of the file (from 1)"] for e in examples] == ["6", "10", "13"]  # as the app numbers them
     assert examples[2]["base: output"] == ATTACK and examples[1]["base: output"] == "Saturn, with rings"
     assert examples[1]["input"] == "Which planet has rings & moons?"
     assert float(examples[1]["base: token_f1"]) == 0.5 and examples[2]["train:run1: output"] == "Mars"
@@ -205,7 +205,8 @@ def test_an_empty_evaluation_still_makes_a_report(tmp_path):
     html = report.write_html(tmp_path / "r.html", evaluation).read_text(encoding="utf-8")
     assert "<h2>Results</h2>" in html and PNG_URI not in html and "<h2>Outputs</h2>" not in html
     report.write_csv(tmp_path / "r.csv", evaluation)
-    assert report.examples_csv_path(tmp_path / "r.csv").read_text(encoding="utf-8") == "row,input,reference\n"
+    header = report.examples_csv_path(tmp_path / "r.csv").read_text(encoding="utf-8")
+    assert header == "row of the file (from 1),input,reference\n"
 
 
 def test_drawing_leaves_pyplot_and_qt_alone():

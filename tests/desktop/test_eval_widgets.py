@@ -1,4 +1,5 @@
-"""The Evaluate pane's output table and training curves, offscreen, on results built by hand."""
+"""The Evaluate pane's widgets offscreen, on results built by hand: the output table, the training
+curves (and the results following the same run), and the settings form's checklist and limits."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import math
 import pytest
 from PySide6.QtCore import Qt
 
+from core.evaluate import job
 from core.evaluate.results import EvalExample, Evaluation, VariantResult
+from core.evaluate.variants import VariantInfo
 from core.finetune.runlog import MetricsLog
-from core.project import create_project, load_project, save_project
-from desktop.widgets.eval_outputs import RIGHT_BG, WRONG_BG, OutputsView
+from core.project import EvaluateSettings, create_project, load_project, save_project
+from desktop.widgets.eval_outputs import OutputsView
+from desktop.widgets.eval_outputs_model import RIGHT_BG, WRONG_BG
+from desktop.widgets.eval_settings import EvalSettingsBox
 
 ROWS = [3, 7, 12, 20, 31]  # dataset rows of the five test examples
 REFERENCES = ["Paris", "Mars", "Jupiter", "Neptune", "Neptune"]
@@ -149,9 +154,24 @@ def test_a_mark_is_shown_again_after_reloading_the_project(qtbot, outputs_view, 
     assert _cell(again, 31, 4) == "Uranus"
 
 
+def test_plain_text_has_no_right_or_wrong_so_nothing_is_tinted_and_there_is_no_wrong_filter(qtbot, project):
+    evaluation = make_evaluation()
+    evaluation.task, evaluation.metrics = "causal_lm", ["perplexity", "distinct_2"]
+    for v in evaluation.variants:  # what plain text scores per example: no token F1, no exact match
+        v.example_scores = [{"distinct_2": 0.5} for _ in v.outputs]
+    view = OutputsView()
+    qtbot.addWidget(view)
+    view.show_evaluation(evaluation, project)
+    background = Qt.ItemDataRole.BackgroundRole
+    assert [_cell(view, row, c, background) for row in ROWS for c in (3, 4, 5)] == [None] * 15
+    filters = [view.filter_box.itemData(i) for i in range(view.filter_box.count())]
+    assert filters == ["all", "disagree", "marked"]
+
+
 def test_the_detail_view_highlights_words_the_output_added(outputs_view):
     outputs_view.select(31, "train:run1")
     page = outputs_view.detail.toHtml()
+    assert "Row 32 of the file" in page  # the file's row 31, counted from 1 as the table's Row column
     assert "Uranus" in page and "&lt;b&gt;" in page  # the output's markup is shown, not rendered
     assert "#fbd5d0" in page  # the added words' background
     assert "Neptune" in page  # the reference, struck through as missing
@@ -217,6 +237,42 @@ def test_curves_show_the_chosen_runs_losses_note_and_divergence(qtbot, project):
     assert view.selected_id() == "overfit"
 
 
+def test_the_results_and_the_curves_follow_the_same_fine_tuning_run(qtbot, project):
+    from desktop.widgets.eval_curves import CurvesView
+    from desktop.widgets.eval_results import EvalResults, link_training_runs
+
+    for run_id in ("older", "newer"):
+        _add_run(project, run_id, {20: 1.0, 40: 0.8}, accuracy=False)
+    evaluation = make_evaluation()
+    evaluation.variants[1].id = "train:older"
+    evaluation.variants.append(
+        VariantResult("train+quant:older:q1", "LoRA, then INT4", "finetuned+quantized")
+    )
+    results, curves = EvalResults(), CurvesView()
+    for widget in (results, curves):
+        qtbot.addWidget(widget)
+    curves.show_project(project)
+    results.set_evaluation(evaluation)
+    link_training_runs(results, curves)
+    assert curves.selected_id() == "newer" and results.selected_id() == "base"
+    with qtbot.waitSignal(results.variantSelected) as chosen:
+        results.select("train:older")
+    assert chosen.args == ["train:older"] and curves.selected_id() == "older"  # its curves are shown
+    curves.run_box.setCurrentIndex(curves.run_box.findData("newer"))
+    assert results.selected_id() == "train:older"  # "newer" is not in this evaluation: nothing to select
+    results.select("base")  # not a fine-tuned variant: the curves stay
+    assert curves.selected_id() == "newer"
+    results.select("train+quant:older:q1")  # fine-tuned, then quantized: its run's curves
+    assert curves.selected_id() == "older" and results.selected_id() == "train+quant:older:q1"
+    curves.run_box.setCurrentIndex(curves.run_box.findData("newer"))
+    curves.run_box.setCurrentIndex(curves.run_box.findData("older"))
+    assert results.selected_id() == "train+quant:older:q1"  # already a variant of that run: it stays
+    results.select("base")
+    curves.run_box.setCurrentIndex(curves.run_box.findData("newer"))
+    curves.run_box.setCurrentIndex(curves.run_box.findData("older"))
+    assert results.selected_id() == "train:older"  # a run chosen in the curves selects its variant
+
+
 def test_curves_without_runs_say_how_to_get_one(qtbot, project):
     from desktop.widgets.eval_curves import NO_RUNS, CurvesView
 
@@ -225,3 +281,55 @@ def test_curves_without_runs_say_how_to_get_one(qtbot, project):
     view.show_project(project)
     assert view.pages.currentWidget() is view.empty and view.empty.text() == NO_RUNS
     assert view.selected_id() is None
+
+
+# -- the settings form -------------------------------------------------------------------------
+MODELS = [VariantInfo("base", "Base", "base", True), VariantInfo("quant:a", "INT4", "quantized", True),
+          VariantInfo("train:b", "LoRA", "finetuned", False, "The run is stopped: resume it.")]  # fmt: skip
+BASELINES = [VariantInfo("zero-shot", "Zero-shot prompting", "zero-shot", False, "Instruction rows are "
+                         "their own prompts."), VariantInfo("few-shot", "Few-shot", "few-shot", True),
+             VariantInfo("rag", "RAG (BM25)", "rag", True)]  # fmt: skip
+
+
+@pytest.fixture
+def settings_box(qtbot):
+    box = EvalSettingsBox()
+    qtbot.addWidget(box)
+    return box
+
+
+def test_unchecking_models_keeps_them_skipped_and_the_last_one_stays_unchecked(qtbot, settings_box):
+    settings = EvaluateSettings()
+    settings_box.set_settings(settings)
+    settings_box.set_variants(MODELS + BASELINES)
+    assert settings_box.checked_ids() == ["base", "quant:a"]  # the stopped run cannot be checked
+    first = settings_box.variant_list.item(0)
+    with qtbot.waitSignal(settings_box.changed):
+        settings_box.set_checked("quant:a", False)
+    settings_box.set_checked("base", False)  # the last checked model
+    assert settings.skipped == ["quant:a", "base"] and settings_box.checked_ids() == []
+    settings_box.set_variants(MODELS + BASELINES)  # the same variants again (the step shown again)
+    assert settings_box.variant_list.item(0) is first and settings_box.checked_ids() == []
+    made_later = VariantInfo("train:c", "QLoRA", "finetuned", True)
+    settings_box.set_variants([*MODELS, made_later, *BASELINES])  # a new run: listed, checked
+    assert settings_box.checked_ids() == ["train:c"] and settings.skipped == ["quant:a", "base"]
+    settings_box.set_checked("base", True)
+    assert settings.skipped == ["quant:a"] and settings_box.checked_ids() == ["base", "train:c"]
+
+
+def test_editing_a_count_leaves_an_unavailable_zero_shot_setting_alone(settings_box):
+    settings = EvaluateSettings(zero_shot=True)
+    settings_box.set_settings(settings)
+    settings_box.set_variants(MODELS + BASELINES)
+    assert not settings_box.zero_shot.isEnabled() and not settings_box.zero_shot.isChecked()
+    assert "Instruction rows" in settings_box.zero_shot.toolTip()
+    settings_box.few_shot.setValue(5)
+    settings_box.max_examples.setValue(12)
+    assert (settings.few_shot, settings.max_examples, settings.zero_shot) == (5, 12, True)
+
+
+def test_the_limits_are_the_jobs(settings_box):
+    assert settings_box.max_new_tokens.maximum() == job.MAX_NEW_TOKENS == 512
+    assert settings_box.max_examples.maximum() == job.MAX_EXAMPLES == 5000
+    settings_box.max_examples.setValue(0)
+    assert settings_box.max_examples.text() == "all test rows"

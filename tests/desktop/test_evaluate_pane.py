@@ -1,6 +1,8 @@
 """The Evaluate pane offscreen on a tiny model: what it says before there is anything to score, a
-run that fills the results as each variant is scored, a run that is stopped, the exported report,
-the evaluation shown again in a new session, and k-fold cross-validation with mean ± std."""
+run that fills the results as each variant is scored, a run that is stopped (what was scored is
+kept), the exported report, the evaluation shown again in a new session, the models the user
+unchecked (kept in the project, and the next run scores exactly the checked ones), and k-fold
+cross-validation with mean ± std."""
 
 from __future__ import annotations
 
@@ -12,9 +14,13 @@ import pytest
 from PySide6.QtCore import Qt
 
 from core import project as projects
+from core.evaluate import job
+from core.evaluate.results import read_evaluation
+from core.jobs import JobContext, run_job
 from core.models import sources
-from desktop.panes.evaluate_pane import NO_DATASET, NO_PROJECT, EvaluatePane
+from desktop.panes.evaluate_pane import EvaluatePane
 from desktop.session import Session
+from desktop.widgets.eval_settings import NO_MODEL, NO_PROJECT, NO_TEST
 
 JOB_TIMEOUT_MS = 120_000
 UNITS = [("metres", "feet", 3.28084), ("kilograms", "pounds", 2.20462), ("litres", "pints", 1.75975)]
@@ -67,18 +73,18 @@ def open_project(qtbot, pane, name, data, tiny_model_dir, **finetune):
     return project
 
 
-def test_without_a_project_or_dataset_nothing_can_run_and_the_pane_says_where_to_go(qtbot, pane):
+def test_without_a_project_or_model_nothing_can_run_and_the_pane_says_where_to_go(qtbot, pane):
     assert NO_PROJECT in pane.scope_label.text() and not pane.run_button.isEnabled()
     assert not pane.export_button.isEnabled() and "Accuracy" in pane.learn.html()
-    pane.session.new_project("empty")
-    assert pane.scope_label.text() == NO_DATASET and not pane.run_button.isEnabled()
-    assert pane.go_method_button.isVisible() and not pane.go_load_button.isVisible()
+    pane.session.new_project("empty")  # no dataset chosen: the bundled instruction set, as in Train
+    assert pane.scope_label.text() == NO_MODEL and not pane.run_button.isEnabled()
+    assert pane.go_load_button.isVisible() and not pane.go_method_button.isVisible()
     base = pane.settings_box.variant_list.item(0)  # no model: the base model cannot be scored
     assert pane.settings_box.variant_list.count() == 1 and not base.flags() & Qt.ItemFlag.ItemIsEnabled
     assert "Load a model" in base.toolTip()
     with qtbot.waitSignal(pane.stepRequested) as asked:
-        pane.go_method_button.click()
-    assert asked.args == ["method"]
+        pane.go_load_button.click()
+    assert asked.args == ["load"]
     assert not pane.kfold.run_button.isEnabled()
 
 
@@ -88,7 +94,8 @@ def test_run_fills_the_results_then_stop_export_and_restore(qtbot, pane, tiny_mo
     project = open_project(qtbot, pane, "units", write_units(tmp_path / "units.jsonl"), tiny_model_dir)
     assert "<b>6</b> test rows, scoring the first <b>3</b>" in pane.scope_label.text()
     assert pane.run_button.isEnabled() and pane.settings_box.checked_ids() == ["base"]
-    assert pane.variant_ids() == ("base", "zero-shot", "few-shot", "rag")
+    # instruction rows are their own prompts: the base row is the zero-shot answer, no separate baseline
+    assert job.default_variant_ids(project, session.model) == ("base", "few-shot", "rag")
 
     arrived = []
     with qtbot.waitSignal(pane.evaluated, timeout=JOB_TIMEOUT_MS) as done:
@@ -96,29 +103,34 @@ def test_run_fills_the_results_then_stop_export_and_restore(qtbot, pane, tiny_mo
         handle.event.connect(lambda e: e.kind == "variant" and arrived.append(len(pane.results.results)))
     qtbot.waitUntil(lambda: not pane.busy, timeout=JOB_TIMEOUT_MS)
     evaluation = done.args[0]
-    assert arrived == [1, 2, 3, 4]  # a row for each variant as it is scored, before the run ends
+    assert arrived == [1, 2, 3]  # a row for each variant as it is scored, before the run ends
+    assert evaluation.variants[0].scores["text_perplexity"] > 1.0
     table = pane.results.table
-    assert [table.item(r, 0).data(256) for r in range(table.rowCount())] == [
-        "base",
-        "zero-shot",
-        "few-shot",
-        "rag",
-    ]
+    assert [table.item(r, 0).data(256) for r in range(table.rowCount())] == ["base", "few-shot", "rag"]
     headers = [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())]
     assert headers[:3] == ["Variant", "Kind", "Token F1"] and headers[-3:] == ["Size", "Memory", "Tokens/s"]
+    assert "Perplexity (text)" in headers
     assert table.horizontalHeaderItem(2).toolTip()  # the metric explains itself
     f1 = pane.results.cell("few-shot", "Token F1").text()
     assert f1 != "—" and f1 == pane.results.columns[0].text(evaluation.variant("few-shot"))
     assert pane.results.cell("base", "Size").text().endswith("KB")
     assert float(pane.results.cell("rag", "Tokens/s").text()) > 0
-    assert len(pane.results.chart.labels) == 4 and pane.export_button.isEnabled()
+    assert len(pane.results.chart.labels) == 3 and pane.export_button.isEnabled()
     assert project.evaluations[-1]["kind"] == "evaluation" and project.step_status["evaluate"] == "done"
     assert pane.outputs.evaluation is evaluation
 
-    # a second run, stopped at once: what was scored before the stop is kept
-    with qtbot.waitSignal(pane.run().finished, timeout=JOB_TIMEOUT_MS):
-        pane.stop_button.click()
-    assert pane.status_label.text().startswith("Stopped") and not pane.busy
+    # a second run, stopped once its first variant is scored: that variant is kept
+    project.evaluate.batch_size = 1  # one row at a time: the stop lands well inside the second variant
+    handle = pane.run()
+    handle.event.connect(lambda e: e.kind == "variant" and pane.stop_button.click())
+    with qtbot.waitSignal(handle.finished, timeout=JOB_TIMEOUT_MS):
+        pass
+    assert not pane.busy and len(project.evaluations) == 2
+    assert pane.status_label.text() == "Stopped: 1 variant(s) were scored before the stop; they are kept."
+    stopped = read_evaluation(project.folder / project.evaluations[-1]["folder"])
+    assert [v.id for v in stopped.variants] == ["base"] and len(stopped.variants[0].outputs) == 3
+    assert pane.evaluation.variants[0].outputs == stopped.variants[0].outputs
+    assert pane.results.table.rowCount() == 1 and "1 variant(s)" in project.evaluations[-1]["summary"]
 
     # export: HTML, with CSV and JSON beside it
     target = tmp_path / "out" / "report"
@@ -130,6 +142,7 @@ def test_run_fills_the_results_then_stop_export_and_restore(qtbot, pane, tiny_mo
     html = target.with_suffix(".html")
     assert html.is_file() and "<html" in html.read_text(encoding="utf-8")
     assert target.with_suffix(".csv").is_file() and target.with_suffix(".json").is_file()
+    assert (tmp_path / "out" / "report-examples.csv").is_file()  # every output, beside the numbers
     assert str(html) in pane.status_label.text()
 
     # a new session on the same project: the latest evaluation is shown again
@@ -149,6 +162,51 @@ def test_run_fills_the_results_then_stop_export_and_restore(qtbot, pane, tiny_mo
         reopened.close()
 
 
+def quantize(project, loaded) -> str:
+    """A real INT8 round-to-nearest run of the tiny model in the project; its variant id."""
+    from core.quant import job as quant_job
+    from core.quant import runs as quant_runs
+
+    run_id, folder = quant_runs.new_run_folder(project, {"precision": "int8", "method": "rtn"})
+    params = quant_job.QuantizeParams(loaded, precision="int8", group_size=32, output=str(folder),
+                                      measure_perplexity=False)  # fmt: skip
+    quant_runs.record_run(project, run_id, run_job(quant_job.run, params, JobContext()).to_dict())
+    return f"quant:{run_id}"
+
+
+def test_unchecked_models_are_kept_in_the_project_and_the_next_run_scores_exactly_the_checked_ones(
+    qtbot, pane, tiny_model_dir, tmp_path
+):
+    session = pane.session
+    project = open_project(qtbot, pane, "checks", write_units(tmp_path / "units.jsonl"), tiny_model_dir)
+    quant_id = quantize(project, session.model)
+    pane.hide()
+    pane.show()  # back on the step: the new run is listed, checked
+    box = pane.settings_box
+    assert box.checked_ids() == ["base", quant_id] and project.evaluate.skipped == []
+    first = box.variant_list.item(0)
+
+    box.set_checked("base", False)
+    assert project.evaluate.skipped == ["base"] and box.checked_ids() == [quant_id]
+    box.set_checked(quant_id, False)  # the last checked model: every model stays unchecked
+    assert project.evaluate.skipped == ["base", quant_id] and box.checked_ids() == []
+    assert box.variant_list.item(0) is first  # the list was not rebuilt while the user checked
+    assert job.default_variant_ids(project, session.model) == ("few-shot", "rag")
+    box.few_shot.setValue(2)  # another edit does not bring the models back
+    assert box.checked_ids() == [] and project.evaluate.skipped == ["base", quant_id]
+    session.flush()
+    assert projects.load_project(project.folder).evaluate.skipped == ["base", quant_id]
+
+    box.set_checked(quant_id, True)
+    assert project.evaluate.skipped == ["base"]
+    with qtbot.waitSignal(pane.evaluated, timeout=JOB_TIMEOUT_MS) as done:
+        pane.run()
+    qtbot.waitUntil(lambda: not pane.busy, timeout=JOB_TIMEOUT_MS)
+    assert [v.id for v in done.args[0].variants] == [quant_id, "few-shot", "rag"]
+    assert not done.args[0].variant(quant_id).error
+    assert box.checked_ids() == [quant_id]  # the run changed nothing in the checklist
+
+
 def test_kfold_runs_two_folds_shows_mean_and_std_and_keeps_a_cancelled_runs_folds(
     qtbot, pane, tiny_model_dir, tmp_path
 ):
@@ -157,7 +215,15 @@ def test_kfold_runs_two_folds_shows_mean_and_std_and_keeps_a_cancelled_runs_fold
                            method={"method": "feature"}, learning_rate=5e-2)  # fmt: skip
     view = pane.kfold
     assert view.k_spin.value() == 2 and "Feature extraction" in view.method_label.text()
+    assert view.run_button.isEnabled() and view.k_spin.maximum() == 20
+    project.finetune.test_ratio = 0.0  # nothing held out: no evaluation, but k-fold cuts its own folds
+    pane.refresh()
+    assert pane.scope_label.text() == NO_TEST and not pane.run_button.isEnabled()
     assert view.run_button.isEnabled()
+    project.finetune.test_ratio = 0.2
+    view.steps_spin.setValue(0)  # 0: the Train step's epochs
+    assert project.evaluate.kfold_max_steps == 0 and view.steps_spin.text() == "epochs"
+    view.steps_spin.setValue(2)
     folds = []
     view.run_button.click()
     handle = pane._handle
@@ -180,6 +246,7 @@ def test_kfold_runs_two_folds_shows_mean_and_std_and_keeps_a_cancelled_runs_fold
     with qtbot.waitSignal(handle.finished, timeout=JOB_TIMEOUT_MS):
         pass
     assert view.result.cancelled and len(view.result.folds) == 1 and view.table.columnCount() == 3
+    assert view.result.settings["k"] == 3 and view.result.settings["max_steps"] == 2  # the job's own file
     assert "Cancelled: 1 of 3 folds" in view.note.text()
     assert "(cancelled)" in project.evaluations[-1]["summary"]
     assert view.run_button.isEnabled() and not view.cancel_button.isEnabled()
@@ -210,8 +277,9 @@ def test_results_table_bolds_the_best_shows_errors_and_the_confusion_matrix(qtbo
     error = view.cell("quant:1", "Accuracy")
     assert "folder is gone" in error.text() and view.table.columnSpan(2, 2) == 5
     view.select("train:1")
-    assert view.confusion.isVisibleTo(view) and view.confusion.columnCount() == 3  # a, b, other
-    counts = [[view.confusion.item(r, c).text() for c in range(3)] for r in range(2)]
+    matrix = view.confusion.table
+    assert view.confusion.isVisibleTo(view) and matrix.columnCount() == 3  # a, b, other
+    counts = [[matrix.item(r, c).text() for c in range(3)] for r in range(2)]
     assert counts == [["2", "0", "0"], ["0", "1", "1"]]
     view.chart.metric_combo.setCurrentIndex(view.chart.metric_combo.findData("tokens_per_second"))
     view._redraw()
