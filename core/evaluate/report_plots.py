@@ -105,8 +105,13 @@ def png_uri(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def short_label(text: str, n: int = 28) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+def short_label(text: str, n: int = 32) -> str:
+    """A label cut in the middle: variants differ at the end as often as at the start
+    ("LoRA r8 · units" and "LoRA r8 · units → INT4 … GPTQ")."""
+    if len(text) <= n:
+        return text
+    head = (n - 1) // 2
+    return text[:head] + "…" + text[len(text) - (n - 1 - head) :]
 
 
 def grid(fig: Any, count: int, cols: int) -> list[Any]:

@@ -231,6 +231,8 @@ class EvaluatePane(QWidget):
         from core.evaluate import runs
 
         project = self.session.project
+        if self.kfold is not None and self._handle is None:
+            self.kfold.show_project(project)  # the method and loop may have changed in other steps
         if self.results is None or self._handle is not None or self._is_shown(project):
             return
         self._shown_for = (project, len(project.evaluations) if project is not None else 0)

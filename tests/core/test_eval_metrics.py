@@ -59,13 +59,16 @@ def test_every_task_metric_is_registered_and_explained():
         "accuracy", "f1_macro", "f1_micro", "precision_macro", "recall_macro",
     )  # fmt: skip
     assert TASK_METRICS["text"] == ("perplexity", "distinct_1", "distinct_2", "repetition_rate")
-    shown = {key for keys in TASK_METRICS.values() for key in keys}
+    from core.evaluate.job import metrics_of
+
+    shown = {key for task in TASK_METRICS for key in metrics_of(task)}  # the Evaluate table's columns
     assert shown == set(METRICS)  # every metric is shown somewhere, and nothing unregistered is
+    assert metrics_of("qa")[-1] == "text_perplexity" and "text_perplexity" not in metrics_of("classification")
     for key, metric in METRICS.items():
         assert metric.key == key and metric.title and len(metric.hover) > 40
         assert metric.scale in ("fraction", "percent", "ratio")
     lower_is_better = {k for k, m in METRICS.items() if not m.higher_is_better}
-    assert lower_is_better == {"perplexity", "repetition_rate"}
+    assert lower_is_better == {"perplexity", "text_perplexity", "repetition_rate"}
     assert METRICS["bleu"].scale == METRICS["chrf"].scale == "percent"
 
 
