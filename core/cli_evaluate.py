@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from core.errors import QuantTuneError
+from core.errors import Cancelled, QuantTuneError
 
 EXIT_OK = 0
 _SETTING_FLAGS = ("zero_shot", "few_shot", "rag_top_k", "max_examples", "max_new_tokens", "batch_size")
@@ -50,7 +50,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         evaluation = latest[0] if latest else None
         data, text = kfold.to_dict(), _kfold_text(kfold)
     else:
-        evaluation, _folder = _evaluate(project, loaded, args)
+        evaluation, _folder = _evaluate(project, loaded, args, keep)
         kfold = runs.latest_kfold(project) if keep else None
         data, text = evaluation.to_dict(), _table(evaluation)
     if evaluation is not None:
@@ -113,15 +113,34 @@ def _print_variants(project: Any, loaded: Any, as_json: bool) -> int:
     return EXIT_OK
 
 
-def _evaluate(project: Any, loaded: Any, args: argparse.Namespace):
+def _evaluate(project: Any, loaded: Any, args: argparse.Namespace, keep: bool):
     from core.cli import _run
     from core.evaluate import job, runs
 
     ids = tuple(i.strip() for i in (args.variants or "").split(",") if i.strip())
     params = job.evaluate_params(project, loaded, ids)
-    evaluation = _run(job.run, params, args)
+    try:
+        evaluation = _run(job.run, params, args)
+    except Cancelled:  # Ctrl-C: the variants scored so far are kept, as the window keeps them
+        _keep_scored(project, params.output, keep)
+        raise
     runs.record_evaluation(project, evaluation, params.output)
     return evaluation, params.output
+
+
+def _keep_scored(project: Any, folder: Path, keep: bool) -> None:
+    from core.evaluate import results, runs
+    from core.project import save_project
+
+    try:
+        scored = results.read_evaluation(folder)
+    except (OSError, ValueError):
+        return  # stopped before the first variant was scored
+    if scored.variants:
+        runs.record_evaluation(project, scored, folder)
+        if keep:
+            save_project(project)
+        print(f"kept the {len(scored.variants)} variant(s) scored before the stop: {folder}", file=sys.stderr)
 
 
 def _kfold(project: Any, loaded: Any, args: argparse.Namespace):

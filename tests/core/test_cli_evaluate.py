@@ -97,3 +97,25 @@ def test_kfold_prints_mean_and_spread(capsys, tiny_model_dir, tiny_loaded, tmp_p
 def test_mistakes_name_the_problem_and_the_fix(capsys, args, message):
     code, _out, err = evaluate(capsys, *args)
     assert code == 1 and message in err and "fix:" in err
+
+
+def test_ctrl_c_keeps_the_variants_scored_before_it(capsys, monkeypatch, tiny_loaded, dataset, tmp_path):
+    from core.evaluate import scoring
+
+    p = project.create_project("stopped", root=tmp_path / "projects")
+    p.load.model = tiny_loaded.ref.to_dict()
+    p.finetune.dataset, p.finetune.task = str(dataset), "qa"
+    project.save_project(p)
+    real, calls = scoring.score, []
+
+    def interrupted_on_the_second(*args, **kwargs):  # Ctrl-C while the second variant is scored
+        calls.append(args[0].id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "score", interrupted_on_the_second)
+    code, _out, err = evaluate(capsys, "--project", str(p.folder), "--variants", "base,rag", *SMALL)
+    assert code == 130 and "kept the 1 variant(s) scored before the stop" in err
+    found, _folder = runs.latest_evaluation(project.load_project(p.folder))
+    assert [v.id for v in found.variants] == ["base"] and calls == ["base", "rag"]
